@@ -1,0 +1,383 @@
+"""CIFAR-10 from the official archives or a local copy, and the lab's preprocessing.
+
+Sources, in order: the ``source`` argument, ``$CNNLAB_CIFAR10``, the decoded cache, the official
+download. Any source is decoded once into uint8 ``.npy`` files under the cache, so later loads are
+a memory map away (well under a second).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import lzma
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from platformdirs import user_cache_dir
+from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
+
+from cnnlab.errors import DataError
+
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SHAPE = (32, 32, 3)
+SOURCE_ENV = "CNNLAB_CIFAR10"
+CACHE_ENV = "CNNLAB_CACHE"
+CACHE_FORMAT = 1  # bump when the decoded layout changes
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = {
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
+}
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+_RECORD_BYTES = 1 + 32 * 32 * 3  # binary layout: label byte, then R, G, B planes
+
+OFFLINE_HELP = (
+    "pass a local copy of CIFAR-10 with --data PATH or the environment variable "
+    f"{SOURCE_ENV}=PATH (the official cifar-10-python.tar.gz or cifar-10-binary.tar.gz, a .tar.xz "
+    "of either, or the folder they unpack to)"
+)
+
+
+def cache_dir() -> Path:
+    """Where cnnlab keeps decoded data and downloads: $CNNLAB_CACHE, else the user cache dir."""
+    return Path(os.environ.get(CACHE_ENV) or user_cache_dir("cnnlab"))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the python-layout batches, which hold only dicts, lists, bytes and numpy arrays.
+
+    Any other global (the way a malicious pickle runs code) is refused.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: CIFAR-10 batches hold only arrays")
+
+
+def _decode_python_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as error:
+        raise DataError(f"{name}: not a readable CIFAR-10 python batch ({error})") from error
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{name}: expected a dict with 'data' and 'labels', got {type(batch).__name__}")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"])
+    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise DataError(f"{name}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+
+
+def _decode_binary_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(raw) == 0 or len(raw) % _RECORD_BYTES:
+        raise DataError(
+            f"{name}: {len(raw)} bytes is not a whole number of {_RECORD_BYTES}-byte CIFAR-10 records "
+            "(truncated file?); get a fresh copy of the archive"
+        )
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _RECORD_BYTES)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), records[:, 0].astype(np.int64)
+
+
+def _batch_key(member_name: str) -> tuple[str, str] | None:
+    """Map an archive member to (batch, layout), or None for files we do not need."""
+    base = os.path.basename(member_name)
+    stem, ext = os.path.splitext(base)
+    if stem in (*TRAIN_BATCHES, TEST_BATCH):
+        return stem, ("binary" if ext == ".bin" else "python")
+    return None
+
+
+def _decode(batches: dict[str, tuple[bytes, str]], origin: str) -> dict[str, np.ndarray]:
+    missing = [b for b in (*TRAIN_BATCHES, TEST_BATCH) if b not in batches]
+    if missing:
+        raise DataError(
+            f"{origin}: no CIFAR-10 batch named {', '.join(missing)} found; expected data_batch_1..5 and "
+            f"test_batch (.bin or python pickles); {OFFLINE_HELP}"
+        )
+    parts = {}
+    for name, (raw, layout) in batches.items():
+        decode = _decode_binary_batch if layout == "binary" else _decode_python_batch
+        parts[name] = decode(raw, f"{origin}:{name}")
+    x_train = np.concatenate([parts[b][0] for b in TRAIN_BATCHES])
+    y_train = np.concatenate([parts[b][1] for b in TRAIN_BATCHES])
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": parts[TEST_BATCH][0], "y_test": parts[TEST_BATCH][1]}
+    validate_arrays(arrays, origin)
+    return arrays
+
+
+def validate_arrays(arrays: dict[str, np.ndarray], origin: str = "arrays") -> None:
+    """Check shapes, dtypes and label range; raise DataError naming the array at fault."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
+            raise DataError(f"{origin}: x_{split} must be uint8 of shape (N, 32, 32, 3), got {x.dtype} {x.shape}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{origin}: y_{split} must have one label per image, got {y.shape} for {len(x)} images")
+        if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+            raise DataError(f"{origin}: y_{split} has labels outside 0..9 (min {y.min()}, max {y.max()})")
+
+
+def _read_archive(path: Path) -> tuple[dict[str, tuple[bytes, str]], str]:
+    """Read the batches straight out of a tar archive, and the archive's md5.
+
+    Members are read in memory, never extracted; each name still passes tarfile's ``data`` filter,
+    so an archive with paths outside its folder is refused rather than trusted.
+    """
+    md5 = hashlib.md5()
+    batches = {}
+
+    class _Hashing(io.RawIOBase):
+        """Hash the compressed bytes while tarfile streams them, so the archive is read once."""
+
+        def __init__(self, raw):
+            self.raw = raw
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            n = self.raw.readinto(buffer)
+            md5.update(memoryview(buffer)[:n])
+            return n
+
+    try:
+        with open(path, "rb") as raw:
+            stream = io.BufferedReader(_Hashing(raw))
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for member in tar:
+                    key = _batch_key(member.name)
+                    if key is None or not member.isfile():
+                        continue
+                    tarfile.data_filter(member, "/cifar10")  # raises for absolute paths, '..', links out
+                    batches[key[0]] = (tar.extractfile(member).read(), key[1])
+            while stream.read(1 << 20):  # hash any trailing padding too
+                pass
+    except (tarfile.TarError, tarfile.FilterError, EOFError, lzma.LZMAError, zlib.error, OSError) as error:
+        raise DataError(
+            f"{path}: archive is truncated or corrupt ({type(error).__name__}: {error}); download it again"
+        ) from error
+    return batches, md5.hexdigest()
+
+
+def _read_folder(path: Path) -> dict[str, tuple[bytes, str]]:
+    batches = {}
+    for file in sorted(path.rglob("*")):
+        key = _batch_key(file.name)
+        if key and file.is_file():
+            batches[key[0]] = (file.read_bytes(), key[1])
+    return batches
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _write_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write the arrays into a temp folder beside ``target``, then rename: all or nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+    try:
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", array)
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            return None
+        return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError):
+        return None
+
+
+def _cache_key(path: Path) -> str:
+    """Identify a local source by path, size and mtime: hashing 150 MB on every load costs a second."""
+    stat = path.stat()
+    ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return "local-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- download
+
+
+def download(url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5["cifar-10-python.tar.gz"], timeout: float = 30) -> Path:
+    """Fetch the official archive into the cache, verify its md5, and move it in place atomically."""
+    target = cache_dir() / "downloads" / os.path.basename(url)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.md5()
+    fd, partial = tempfile.mkstemp(prefix=".download-", dir=target.parent)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10", leave=False) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if digest.hexdigest() != md5:
+            raise DataError(f"download of {url} has md5 {digest.hexdigest()}, expected {md5}; try again")
+        os.replace(partial, target)
+    except OSError as error:
+        raise DataError(f"CIFAR-10 could not be downloaded from {url} ({error}); {OFFLINE_HELP}") from error
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+# --------------------------------------------------------------------------- public loader
+
+
+def load_cifar10(source: str | os.PathLike | None = None, *, allow_download: bool = True):
+    """Return ``(x_train, y_train), (x_test, y_test)``: uint8 images (N, 32, 32, 3), int64 labels (N,).
+
+    ``source`` (or ``$CNNLAB_CIFAR10``) may be an archive (.tar.gz, .tar.xz; binary or python
+    layout) or an extracted folder. Without one, the official archive is downloaded and verified.
+    A local archive whose md5 is not the official one loads with a one-line warning.
+    """
+    source = source or os.environ.get(SOURCE_ENV) or None
+    if source is None:
+        cached = _read_cache(cache_dir() / "cifar10" / "official")
+        if cached is None:
+            arrays, meta = _decode_local(download(), "official")
+            _write_cache(cache_dir() / "cifar10" / "official", arrays, meta)
+            cached = arrays
+        return (cached["x_train"], cached["y_train"]), (cached["x_test"], cached["y_test"])
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"CIFAR-10 source {path} does not exist; {OFFLINE_HELP}")
+    folder = cache_dir() / "cifar10" / _cache_key(path)
+    arrays = _read_cache(folder)
+    if arrays is None:
+        arrays, meta = _decode_local(path, str(path))
+        _write_cache(folder, arrays, meta)
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def _decode_local(path: Path, label: str) -> tuple[dict[str, np.ndarray], dict]:
+    if path.is_dir():
+        batches, md5 = _read_folder(path), None
+    elif tarfile.is_tarfile(path) or path.suffix in (".xz", ".gz", ".tgz", ".tar"):
+        batches, md5 = _read_archive(path)
+        if md5 not in OFFICIAL_MD5.values():
+            warnings.warn(
+                f"{path.name}: md5 {md5} is not the official CIFAR-10 archive's; loading it anyway "
+                "(accuracies measured on it may differ from published ones)",
+                stacklevel=3,
+            )
+    else:
+        raise DataError(f"{path}: neither a folder nor a tar archive; {OFFLINE_HELP}")
+    arrays = _decode(batches, str(path))
+    meta = {"format": CACHE_FORMAT, "source": label, "md5": md5, "official": md5 in OFFICIAL_MD5.values()}
+    return arrays, meta
+
+
+def source_description(source: str | os.PathLike | None = None) -> dict:
+    """What data a load used: the path and whether it is the official archive (for reports)."""
+    source = source or os.environ.get(SOURCE_ENV)
+    folder = cache_dir() / "cifar10" / ("official" if not source else _cache_key(Path(source)))
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except OSError:
+        return {"source": str(source) if source else "official download", "md5": None, "official": None}
+
+
+# --------------------------------------------------------------------------- lab helpers
+
+
+def scale_images(images: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1], as the lab does (x / 127.5 - 1)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise DataError(f"scale_images expects uint8 images, got {images.dtype}; they may be scaled already")
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def to_categorical(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Integer labels (N,) or (N, 1) -> one-hot float32 (N, num_classes), like Keras."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"labels must lie in 0..{num_classes - 1}, got min {labels.min()} max {labels.max()}")
+    return np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)]
+
+
+def class_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> list[int]:
+    """How many images each class has, in class order."""
+    return np.bincount(np.asarray(labels).reshape(-1), minlength=num_classes).tolist()
+
+
+@dataclass
+class LabData:
+    """The lab's protocol: 7,500 train / 2,500 validation images from the first 10,000, 2,000 test.
+
+    Images are float32 NHWC in [-1, 1]; labels are integers (use ``to_categorical`` for one-hot).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: dict
+
+    def summary(self) -> str:
+        return (
+            f"train {self.x_train.shape}, validation {self.x_val.shape}, test {self.x_test.shape}; "
+            f"source {self.source.get('source')}" + ("" if self.source.get("official") else " (not the official archive)")
+        )
+
+
+def load_lab_data(
+    source: str | os.PathLike | None = None,
+    n_train_val: int = 10_000,
+    n_test: int = 2_000,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+) -> LabData:
+    """Load CIFAR-10 and apply the lab's subset, split and scaling."""
+    (x, y), (x_test, y_test) = load_cifar10(source)
+    if not 0 < n_train_val <= len(x) or not 0 < n_test <= len(x_test):
+        raise DataError(f"subset sizes must be 1..{len(x)} (train+val) and 1..{len(x_test)} (test)")
+    x_train, x_val, y_train, y_val = train_test_split(
+        np.asarray(x[:n_train_val]), np.asarray(y[:n_train_val]), test_size=val_fraction, random_state=seed
+    )
+    return LabData(
+        scale_images(x_train), y_train, scale_images(x_val), y_val,
+        scale_images(np.asarray(x_test[:n_test])), np.asarray(y_test[:n_test]), source_description(source),
+    )
