@@ -126,7 +126,12 @@ def _decode(batches: dict[str, tuple[bytes, str]], origin: str) -> dict[str, np.
         parts[name] = decode(raw, f"{origin}:{name}")
     x_train = np.concatenate([parts[b][0] for b in TRAIN_BATCHES])
     y_train = np.concatenate([parts[b][1] for b in TRAIN_BATCHES])
-    arrays = {"x_train": x_train, "y_train": y_train, "x_test": parts[TEST_BATCH][0], "y_test": parts[TEST_BATCH][1]}
+    arrays = {
+        "x_train": x_train,
+        "y_train": y_train,
+        "x_test": parts[TEST_BATCH][0],
+        "y_test": parts[TEST_BATCH][1],
+    }
     validate_arrays(arrays, origin)
     return arrays
 
@@ -136,9 +141,13 @@ def validate_arrays(arrays: dict[str, np.ndarray], origin: str = "arrays") -> No
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{origin}: x_{split} must be uint8 of shape (N, 32, 32, 3), got {x.dtype} {x.shape}")
+            raise DataError(
+                f"{origin}: x_{split} must be uint8 of shape (N, 32, 32, 3), got {x.dtype} {x.shape}"
+            )
         if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{origin}: y_{split} must have one label per image, got {y.shape} for {len(x)} images")
+            raise DataError(
+                f"{origin}: y_{split} must have one label per image, got {y.shape} for {len(x)} images"
+            )
         if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
             raise DataError(f"{origin}: y_{split} has labels outside 0..9 (min {y.min()}, max {y.max()})")
 
@@ -217,7 +226,9 @@ def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("format") != CACHE_FORMAT:
             return None
-        return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("x_train", "y_train", "x_test", "y_test")}
+        return {
+            n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("x_train", "y_train", "x_test", "y_test")
+        }
     except (OSError, ValueError):
         return None
 
@@ -232,7 +243,9 @@ def _cache_key(path: Path) -> str:
 # --------------------------------------------------------------------------- download
 
 
-def download(url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5["cifar-10-python.tar.gz"], timeout: float = 30) -> Path:
+def download(
+    url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5["cifar-10-python.tar.gz"], timeout: float = 30
+) -> Path:
     """Fetch the official archive into the cache, verify its md5, and move it in place atomically."""
     target = cache_dir() / "downloads" / os.path.basename(url)
     if target.exists():
@@ -359,7 +372,8 @@ class LabData:
     def summary(self) -> str:
         return (
             f"train {self.x_train.shape}, validation {self.x_val.shape}, test {self.x_test.shape}; "
-            f"source {self.source.get('source')}" + ("" if self.source.get("official") else " (not the official archive)")
+            f"source {self.source.get('source')}"
+            + ("" if self.source.get("official") else " (not the official archive)")
         )
 
 
@@ -378,6 +392,11 @@ def load_lab_data(
         np.asarray(x[:n_train_val]), np.asarray(y[:n_train_val]), test_size=val_fraction, random_state=seed
     )
     return LabData(
-        scale_images(x_train), y_train, scale_images(x_val), y_val,
-        scale_images(np.asarray(x_test[:n_test])), np.asarray(y_test[:n_test]), source_description(source),
+        scale_images(x_train),
+        y_train,
+        scale_images(x_val),
+        y_val,
+        scale_images(np.asarray(x_test[:n_test])),
+        np.asarray(y_test[:n_test]),
+        source_description(source),
     )

@@ -21,7 +21,9 @@ _ACTIVATIONS = {"relu": nn.ReLU, "linear": nn.Identity, None: nn.Identity, "elu"
 
 def _activation(name: str | None) -> nn.Module:
     if name not in _ACTIVATIONS:
-        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(k for k in _ACTIVATIONS if k)}")
+        raise ConfigError(
+            f"unknown activation {name!r}; choose one of {sorted(k for k in _ACTIVATIONS if k)}"
+        )
     return _ACTIVATIONS[name]()
 
 
@@ -156,9 +158,24 @@ def build_cnn(
     if seed is not None:
         torch.manual_seed(seed)
     network = build_network(
-        input_shape, n_conv_layers, n_filters, n_dense_layers, n_nodes, use_dropout, dropout_rate, num_classes, head
+        input_shape,
+        n_conv_layers,
+        n_filters,
+        n_dense_layers,
+        n_nodes,
+        use_dropout,
+        dropout_rate,
+        num_classes,
+        head,
     )
     return Model(
-        network, input_shape=input_shape, optimizer=optimizer, learning_rate=learning_rate, loss=loss,
-        l2=l2, config=config, device=device, variable_input_size=head != "flatten",
+        network,
+        input_shape=input_shape,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        loss=loss,
+        l2=l2,
+        config=config,
+        device=device,
+        variable_input_size=head != "flatten",
     )

@@ -36,7 +36,11 @@ def _own_counts(module: nn.Module) -> tuple[int, int]:
     """(trainable, non-trainable) values held directly by this module."""
     trainable = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
     frozen = sum(p.numel() for p in module.parameters(recurse=False) if not p.requires_grad)
-    frozen += sum(b.numel() for name, b in module.named_buffers(recurse=False) if name in ("running_mean", "running_var"))
+    frozen += sum(
+        b.numel()
+        for name, b in module.named_buffers(recurse=False)
+        if name in ("running_mean", "running_var")
+    )
     return trainable, frozen
 
 
@@ -73,7 +77,9 @@ def summary_rows(
         leaves = list(network.named_children())
     shapes: dict[str, str] = {}
     hooks = [
-        module.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, _keras_shape(out)))
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.__setitem__(name, _keras_shape(out))
+        )
         for name, module in leaves
     ]
     height, width, channels = input_shape
@@ -88,12 +94,15 @@ def summary_rows(
         for hook in hooks:
             hook.remove()
     return [
-        (name, _type_name(module), shapes.get(name, "?"), count_params(module).total) for name, module in leaves
+        (name, _type_name(module), shapes.get(name, "?"), count_params(module).total)
+        for name, module in leaves
     ]
 
 
 def format_summary(
-    network: nn.Module, input_shape: Sequence[int], title: str = "model",
+    network: nn.Module,
+    input_shape: Sequence[int],
+    title: str = "model",
     leaves: Sequence[tuple[str, nn.Module]] | None = None,
 ) -> str:
     """The summary table and the three totals as one string."""
@@ -101,7 +110,12 @@ def format_summary(
     counts = count_params(network)
     width_name = max(28, *(len(f"{n} ({t})") + 2 for n, t, _, _ in rows))
     line = "=" * (width_name + 40)
-    out = [f'Model: "{title}"', line, f"{'Layer (type)':<{width_name}}{'Output Shape':<26}{'Param #':>14}", line]
+    out = [
+        f'Model: "{title}"',
+        line,
+        f"{'Layer (type)':<{width_name}}{'Output Shape':<26}{'Param #':>14}",
+        line,
+    ]
     for name, kind, shape, params in rows:
         out.append(f"{f'{name} ({kind})':<{width_name}}{shape:<26}{params:>14,}")
     out += [
@@ -122,4 +136,3 @@ def _megabytes(n: int) -> str:
 def count_layers(network: nn.Module, kind: type[nn.Module] = nn.Conv2d) -> int:
     """How many layers of one kind a network holds (e.g. the conv layers of ResNet50)."""
     return sum(isinstance(m, kind) for m in network.modules())
-

@@ -49,7 +49,9 @@ class History:
             self.history.setdefault(key, []).append(float(value))
 
     def to_rows(self) -> list[dict[str, float]]:
-        return [{"epoch": e + 1, **{k: v[i] for k, v in self.history.items()}} for i, e in enumerate(self.epoch)]
+        return [
+            {"epoch": e + 1, **{k: v[i] for k, v in self.history.items()}} for i, e in enumerate(self.epoch)
+        ]
 
 
 class Callback:
@@ -67,8 +69,13 @@ class Callback:
 class EarlyStopping(Callback):
     """Stop when the monitored value has not improved for ``patience`` epochs; keep the best weights."""
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
-                 restore_best_weights: bool = True):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = True,
+    ):
         if patience < 0:
             raise ConfigError(f"patience must be >= 0, got {patience}")
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
@@ -80,7 +87,9 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor not in (logs or {}):
-            raise ConfigError(f"EarlyStopping monitors {self.monitor!r}, but fit logs only {sorted(logs or {})}")
+            raise ConfigError(
+                f"EarlyStopping monitors {self.monitor!r}, but fit logs only {sorted(logs or {})}"
+            )
         value = self.sign * logs[self.monitor]
         if value < self.best - self.min_delta:
             self.best, self.wait = value, 0
@@ -110,7 +119,9 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n"))
+    _atomic_write(
+        Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    )
 
 
 class Model:
@@ -139,7 +150,9 @@ class Model:
         if optimizer.lower() not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
         if learning_rate <= 0 or l2 < 0 or weight_decay < 0 or not 0 <= label_smoothing < 1:
-            raise ConfigError("need learning_rate > 0, l2 >= 0, weight_decay >= 0 and 0 <= label_smoothing < 1")
+            raise ConfigError(
+                "need learning_rate > 0, l2 >= 0, weight_decay >= 0 and 0 <= label_smoothing < 1"
+            )
         self.device = pick_device(device)
         self.network = network.to(self.device, memory_format=torch.channels_last)
         self.input_shape = tuple(int(v) for v in input_shape)
@@ -180,11 +193,17 @@ class Model:
         """NHWC array -> NHWC float tensor on the device (batches are permuted to NCHW views later)."""
         tensor = _as_tensor(x)
         if tensor.dtype == torch.uint8:
-            raise DataError(f"{name} is uint8 (0..255); scale it first with cnnlab.scale_images(...) to [-1, 1]")
+            raise DataError(
+                f"{name} is uint8 (0..255); scale it first with cnnlab.scale_images(...) to [-1, 1]"
+            )
         if tensor.ndim != 4:
-            raise DataError(f"{name} must be a batch of images (N, height, width, channels), got shape {tuple(tensor.shape)}")
+            raise DataError(
+                f"{name} must be a batch of images (N, height, width, channels), got shape {tuple(tensor.shape)}"
+            )
         if tensor.shape[3] != self.input_shape[2]:
-            raise DataError(f"{name} has {tensor.shape[3]} channels; the model expects {self.input_shape[2]} (NHWC layout)")
+            raise DataError(
+                f"{name} has {tensor.shape[3]} channels; the model expects {self.input_shape[2]} (NHWC layout)"
+            )
         if tuple(tensor.shape[1:3]) != self.input_shape[:2] and not self.variable_input_size:
             raise DataError(
                 f"{name} has images of {tensor.shape[1]}x{tensor.shape[2]}, but this model was built for "
@@ -205,12 +224,18 @@ class Model:
         elif labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1 or len(labels) != n:
-            raise DataError(f"{name} must hold one label per image ({n}), as integers or one-hot; got {tuple(labels.shape)}")
+            raise DataError(
+                f"{name} must hold one label per image ({n}), as integers or one-hot; got {tuple(labels.shape)}"
+            )
         if labels.is_floating_point() and not torch.equal(labels, labels.round()):
-            raise DataError(f"{name} holds non-integer values; give class indices 0..{classes - 1} or one-hot rows")
+            raise DataError(
+                f"{name} holds non-integer values; give class indices 0..{classes - 1} or one-hot rows"
+            )
         labels = labels.long()
         if n and (labels.min() < 0 or labels.max() >= classes):
-            raise DataError(f"{name} has labels outside 0..{classes - 1} (min {int(labels.min())}, max {int(labels.max())})")
+            raise DataError(
+                f"{name} has labels outside 0..{classes - 1} (min {int(labels.min())}, max {int(labels.max())})"
+            )
         return labels.to(self.device)
 
     @property
@@ -244,7 +269,7 @@ class Model:
         outputs = []
         for start in range(0, len(images), batch_size):
             with self._autocast():
-                outputs.append(self.network(images[start:start + batch_size].permute(0, 3, 1, 2)).float())
+                outputs.append(self.network(images[start : start + batch_size].permute(0, 3, 1, 2)).float())
         return torch.cat(outputs) if outputs else torch.empty(0, self.num_classes, device=self.device)
 
     def _evaluate_tensors(self, images, labels, batch_size: int) -> dict[str, float]:
@@ -307,8 +332,15 @@ class Model:
                 start_epoch = self._restore(run / CHECKPOINT, history, order)
                 if verbose:
                     print(f"Resuming {run} after epoch {start_epoch}/{epochs}")
-            write_json(run / "config.json", {"model": self.config, "fit": history.params,
-                                             "optimizer": self.optimizer_name, "learning_rate": self.learning_rate})
+            write_json(
+                run / "config.json",
+                {
+                    "model": self.config,
+                    "fit": history.params,
+                    "optimizer": self.optimizer_name,
+                    "learning_rate": self.learning_rate,
+                },
+            )
 
         callbacks = list(callbacks or [])
         for callback in callbacks:
@@ -326,11 +358,21 @@ class Model:
             perm = torch.randperm(len(images), generator=order).to(self.device) if shuffle else None
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), dtype=torch.long, device=self.device)
-            bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", leave=False, unit="step",
-                       disable=verbose != 1, dynamic_ncols=True, mininterval=0.5)
+            bar = tqdm(
+                total=steps,
+                desc=f"Epoch {epoch + 1}/{epochs}",
+                leave=False,
+                unit="step",
+                disable=verbose != 1,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
             for step in range(steps):
-                index = perm[step * batch_size:(step + 1) * batch_size] if shuffle else slice(
-                    step * batch_size, (step + 1) * batch_size)
+                index = (
+                    perm[step * batch_size : (step + 1) * batch_size]
+                    if shuffle
+                    else slice(step * batch_size, (step + 1) * batch_size)
+                )
                 batch_images = images[index].permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW
                 if augment is not None:
                     batch_images = augment(batch_images)
@@ -342,14 +384,21 @@ class Model:
                 correct += hits
                 if bar.update(1) and verbose == 1:  # update() is truthy only when the bar redraws
                     seen = min((step + 1) * batch_size, len(images))
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", accuracy=f"{correct.item() / seen:.4f}",
-                                    refresh=False)
+                    bar.set_postfix(
+                        loss=f"{loss_sum.item() / seen:.4f}",
+                        accuracy=f"{correct.item() / seen:.4f}",
+                        refresh=False,
+                    )
             bar.close()
             logs = {"loss": loss_sum.item() / len(images), "accuracy": correct.item() / len(images)}
             if not math.isfinite(logs["loss"]):
                 raise TrainingDiverged(
                     f"the training loss became {logs['loss']} in epoch {epoch + 1}; stopped. "
-                    + (f"The last good checkpoint (epoch {epoch}) is kept in {run}. " if run and epoch else "")
+                    + (
+                        f"The last good checkpoint (epoch {epoch}) is kept in {run}. "
+                        if run and epoch
+                        else ""
+                    )
                     + f"Lower the learning rate (now {self.learning_rate}) or add BatchNorm/clipping"
                 )
             if val_images is not None:

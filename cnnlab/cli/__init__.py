@@ -19,8 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnlab",
         description="The CIFAR-10 CNN lab as software. Each command has its own --help.",
     )
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for PyTorch (default: $CNNLAB_THREADS, else the cores this process may use)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for PyTorch (default: $CNNLAB_THREADS, else the cores this process may use)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):

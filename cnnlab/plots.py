@@ -1,0 +1,109 @@
+"""Figures people would rather look at than read: training curves and image grids.
+
+Every function returns the matplotlib Figure and, given ``path``, also writes a PNG atomically.
+The Agg backend is used so figures render on servers and in CI without a display.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from cnnlab.data import CLASS_NAMES  # noqa: E402
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write a PNG through a temp file and rename it, then close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _finish(fig: Figure, path) -> Figure:
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_results(history, path: str | os.PathLike | None = None, title: str | None = None) -> Figure:
+    """Loss and accuracy per epoch, training against validation (accepts a History or its dict)."""
+    logs = getattr(history, "history", history)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        epochs = np.arange(1, len(logs.get(metric, [])) + 1)
+        ax.plot(epochs, logs.get(metric, []), "o-", label="training", markersize=3)
+        if f"val_{metric}" in logs:
+            ax.plot(epochs, logs[f"val_{metric}"], "s-", label="validation", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def to_display(images: np.ndarray) -> np.ndarray:
+    """Images in [-1, 1] floats or uint8 -> floats in [0, 1] for imshow."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255
+    return np.clip((images + 1) / 2, 0, 1)
+
+
+def image_grid(
+    images: np.ndarray,
+    titles: Sequence[str] | None = None,
+    columns: int = 6,
+    path: str | os.PathLike | None = None,
+    suptitle: str | None = None,
+    cell: float = 1.9,
+) -> Figure:
+    """A grid of NHWC images with an optional title above each."""
+    images = to_display(images)
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * (cell + 0.3)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < len(images):
+            ax.imshow(images[i], interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def sample_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int = 18,
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> Figure:
+    """Random training examples titled with class number and name, as the lab shows them."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(images), size=min(count, len(images)), replace=False)
+    titles = [f"{int(labels[i])} ({class_names[int(labels[i])]})" for i in pick]
+    return image_grid(np.asarray(images)[pick], titles, path=path)
