@@ -141,13 +141,9 @@ def validate_arrays(arrays: dict[str, np.ndarray], origin: str = "arrays") -> No
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-            raise DataError(
-                f"{origin}: x_{split} must be uint8 of shape (N, 32, 32, 3), got {x.dtype} {x.shape}"
-            )
+            raise DataError(f"{origin}: x_{split} must be uint8 of shape (N, 32, 32, 3), got {x.dtype} {x.shape}")
         if y.ndim != 1 or len(y) != len(x):
-            raise DataError(
-                f"{origin}: y_{split} must have one label per image, got {y.shape} for {len(x)} images"
-            )
+            raise DataError(f"{origin}: y_{split} must have one label per image, got {y.shape} for {len(x)} images")
         if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
             raise DataError(f"{origin}: y_{split} has labels outside 0..9 (min {y.min()}, max {y.max()})")
 
@@ -226,9 +222,7 @@ def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("format") != CACHE_FORMAT:
             return None
-        return {
-            n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("x_train", "y_train", "x_test", "y_test")
-        }
+        return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("x_train", "y_train", "x_test", "y_test")}
     except (OSError, ValueError):
         return None
 
@@ -243,10 +237,9 @@ def _cache_key(path: Path) -> str:
 # --------------------------------------------------------------------------- download
 
 
-def download(
-    url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5["cifar-10-python.tar.gz"], timeout: float = 30
-) -> Path:
+def download(url: str | None = None, md5: str = OFFICIAL_MD5["cifar-10-python.tar.gz"], timeout: float = 30) -> Path:
     """Fetch the official archive into the cache, verify its md5, and move it in place atomically."""
+    url = url or OFFICIAL_URL
     target = cache_dir() / "downloads" / os.path.basename(url)
     if target.exists():
         return target
@@ -286,6 +279,8 @@ def load_cifar10(source: str | os.PathLike | None = None, *, allow_download: boo
     if source is None:
         cached = _read_cache(cache_dir() / "cifar10" / "official")
         if cached is None:
+            if not allow_download:
+                raise DataError(f"CIFAR-10 is not in the cache and downloads are off; {OFFLINE_HELP}")
             arrays, meta = _decode_local(download(), "official")
             _write_cache(cache_dir() / "cifar10" / "official", arrays, meta)
             cached = arrays
@@ -307,15 +302,15 @@ def _decode_local(path: Path, label: str) -> tuple[dict[str, np.ndarray], dict]:
         batches, md5 = _read_folder(path), None
     elif tarfile.is_tarfile(path) or path.suffix in (".xz", ".gz", ".tgz", ".tar"):
         batches, md5 = _read_archive(path)
-        if md5 not in OFFICIAL_MD5.values():
-            warnings.warn(
-                f"{path.name}: md5 {md5} is not the official CIFAR-10 archive's; loading it anyway "
-                "(accuracies measured on it may differ from published ones)",
-                stacklevel=3,
-            )
     else:
         raise DataError(f"{path}: neither a folder nor a tar archive; {OFFLINE_HELP}")
     arrays = _decode(batches, str(path))
+    if md5 is not None and md5 not in OFFICIAL_MD5.values():
+        warnings.warn(
+            f"{path.name}: md5 {md5} is not the official CIFAR-10 archive's; loading it anyway "
+            "(accuracies measured on it may differ from published ones)",
+            stacklevel=3,
+        )
     meta = {"format": CACHE_FORMAT, "source": label, "md5": md5, "official": md5 in OFFICIAL_MD5.values()}
     return arrays, meta
 

@@ -1,0 +1,154 @@
+"""`cnnlab train`: build the lab's CNN from flags or a TOML file, train it, and write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import time
+import tomllib
+from pathlib import Path
+
+from cnnlab.errors import ConfigError
+
+DATA_KEYS = {"data": None, "n_train_val": 10_000, "n_test": 2_000, "val_fraction": 0.25, "split_seed": 0}
+FIT_KEYS = {"batch_size": 20, "epochs": 20, "seed": 0, "early_stopping": 0, "augment": None}
+
+
+def build_keys() -> dict:
+    """build_cnn's keyword arguments and defaults: the TOML keys and flags mirror them one to one."""
+    from cnnlab.models import build_cnn
+
+    skip = {"input_shape", "device", "num_classes"}
+    return {k: p.default for k, p in inspect.signature(build_cnn).parameters.items() if k not in skip}
+
+
+HELP = {
+    "n_conv_layers": "conv blocks (Conv 3x3 'same' -> BatchNorm -> MaxPool 2x2); filters double per block",
+    "n_filters": "filters of the first conv layer",
+    "n_dense_layers": "intermediate dense layers (Dense relu -> BatchNorm [-> Dropout])",
+    "n_nodes": "nodes of each intermediate dense layer",
+    "use_dropout": "dropout after each intermediate dense layer",
+    "dropout_rate": "dropout probability",
+    "l2": "L2 penalty on conv and dense kernels, as Keras' kernel_regularizer=l2(...)",
+    "learning_rate": "optimizer step size",
+    "optimizer": "adam, adamw, nadam, sgd (momentum 0.9) or rmsprop",
+    "loss": "categorical_crossentropy or sparse_categorical_crossentropy (same computation)",
+    "head": "flatten (the lab's), gap (global average pooling) or fcn (1x1 convs): gap/fcn accept other sizes",
+    "seed": "seed for weights, shuffling and dropout: same seed + same machine = same history",
+    "batch_size": "images per step",
+    "epochs": "passes over the training images",
+    "early_stopping": "stop after this many epochs without a better val_loss (0 = off); best weights kept",
+    "augment": "on-the-fly augmentation spec, e.g. rotation=15,shift=0.1,flip",
+    "data": "CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10, else the cache, else download)",
+    "n_train_val": "first N training images, split into train and validation",
+    "n_test": "first N test images",
+    "val_fraction": "share of the N images held out for validation",
+    "split_seed": "seed of the train/validation split",
+}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the lab's CNN and write a run folder",
+        description="Train the lab's CNN on CIFAR-10 (7,500 train / 2,500 validation / 2,000 test images by "
+        "default). Settings come from --config FILE.toml (flat keys named like the flags, with underscores), "
+        "and flags override the file. The run folder gets config.json, history.csv, metrics.json, "
+        "weights.safetensors, a checkpoint per epoch and figures.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML file with settings (flags override it)")
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the killed run in --out from its last epoch")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
+    defaults = {**build_keys(), **FIT_KEYS, **DATA_KEYS}
+    for key, default in defaults.items():
+        kwargs = {"default": None, "help": f"{HELP.get(key, key)} (default: {default})"}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif default is not None:
+            kwargs["type"] = type(default)
+        elif key == "data":
+            kwargs["type"] = Path
+        parser.add_argument(_flag(key), dest=key, **kwargs)
+    parser.set_defaults(func=run)
+
+
+def resolve_settings(args: argparse.Namespace) -> dict:
+    """Defaults, then the TOML file, then the flags the user typed."""
+    defaults = {**build_keys(), **FIT_KEYS, **DATA_KEYS}
+    settings = dict(defaults)
+    if args.config:
+        try:
+            from_file = tomllib.loads(Path(args.config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"cannot read config {args.config}: {error}") from error
+        unknown = sorted(set(from_file) - set(defaults))
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown keys {unknown}; valid keys: {sorted(defaults)}")
+        settings.update(from_file)
+    settings.update({k: v for k, v in vars(args).items() if k in defaults and v is not None})
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.data import load_lab_data
+    from cnnlab.models import build_cnn
+    from cnnlab.plots import plot_results, sample_grid
+    from cnnlab.training import EarlyStopping, write_json
+
+    settings = resolve_settings(args)
+    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if args.resume and not (out / "checkpoint.pt").exists():
+        raise ConfigError(f"--resume: no checkpoint in {out}; give the run folder of the killed run with --out")
+    data = load_lab_data(
+        settings["data"], settings["n_train_val"], settings["n_test"], settings["val_fraction"], settings["split_seed"]
+    )
+    print(f"Data: {data.summary()}")
+    build_args = {k: settings[k] for k in build_keys()}
+    model = build_cnn(input_shape=data.x_train.shape[1:], device=args.device, **build_args)
+    model.summary()
+    augment = None
+    if settings["augment"]:
+        from cnnlab.augment import parse_augment_spec
+
+        augment = parse_augment_spec(settings["augment"], seed=settings["seed"])
+    callbacks = [EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else []
+    history = model.fit(
+        data.x_train,
+        data.y_train,
+        batch_size=settings["batch_size"],
+        epochs=settings["epochs"],
+        validation_data=(data.x_val, data.y_val),
+        callbacks=callbacks,
+        seed=settings["seed"],
+        run_dir=out,
+        resume=args.resume,
+        verbose=2 if args.quiet else 1,
+        augment=augment,
+    )
+    test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test)
+    metrics_path = out / "metrics.json"
+    metrics = {
+        **_read_json(metrics_path),
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "data_source": data.source,
+    }
+    write_json(metrics_path, metrics)
+    plot_results(history, out / "results.png", title=f"test accuracy {test_accuracy:.4f}")
+    sample_grid(data.x_train, data.y_train, path=out / "samples.png")
+    lossy = "" if data.source.get("official") else " (data is not the official archive: accuracy may differ)"
+    print(f"Test loss: {test_loss:.4f}  Test accuracy: {test_accuracy:.4f}{lossy}")
+    print(f"Run folder: {out}")
+    print(f"Figures: {out / 'results.png'}, {out / 'samples.png'}")
+    return 0
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
