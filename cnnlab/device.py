@@ -1,14 +1,25 @@
-"""Pick the compute device and the CPU thread count.
+"""Pick the compute device and the CPU thread count; describe the devices and time a conv layer on them.
 
 The thread count is a setting on purpose: PyTorch with more threads than free cores spin-waits and
 can run many times slower, so cnnlab uses the cores this process may run on, or ``CNNLAB_THREADS``.
+The benchmark answers the lab's question whether a GPU is equally faster for small and large batches.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import platform
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+
+from cnnlab.errors import ConfigError
 
 THREADS_ENV = "CNNLAB_THREADS"
 
@@ -51,7 +62,229 @@ def pick_device(preference: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(pref)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {pref!r} was asked for but CUDA is not available here; use --device cpu or auto")
+        raise ConfigError(f"device {pref!r} was asked for but CUDA is not available here; use --device cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {pref!r} was asked for but MPS is not available here; use --device cpu or auto")
+        raise ConfigError(f"device {pref!r} was asked for but MPS is not available here; use --device cpu or auto")
     return device
+
+
+# FP32 CUDA cores per streaming multiprocessor, by compute capability (NVIDIA's CUDA C++ guide);
+# torch reports only the multiprocessor count.
+_CUDA_CORES_PER_SM = {
+    (6, 0): 64,
+    (6, 1): 128,
+    (6, 2): 128,
+    (7, 0): 64,
+    (7, 2): 64,
+    (7, 5): 64,
+    (8, 0): 64,
+    (8, 6): 128,
+    (8, 7): 128,
+    (8, 9): 128,
+    (9, 0): 128,
+    (10, 0): 128,
+    (12, 0): 128,
+}
+
+BENCHMARK_BATCH_SIZES = (1, 3, 32, 256, 1000)
+BENCHMARK_LAYER = "Conv2d(3 -> 64, 3x3, padding 1), float32 forward pass"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One compute device and the facts the lab asks about (name, memory, cores, ...)."""
+
+    device: str  # what torch.device() takes: "cpu", "cuda:0", "mps"
+    name: str
+    facts: dict[str, str]
+
+
+def cpu_model_name() -> str:
+    """The processor's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for key in ("model name", "Hardware", "Model", "cpu model"):  # x86, then ARM/other kernels
+        for line in lines:
+            label, _, value = line.partition(":")
+            if label.strip() == key and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_devices() -> list[DeviceInfo]:
+    """The CPU, then every CUDA GPU and Apple's MPS device that torch can use here."""
+    devices = [
+        DeviceInfo(
+            "cpu",
+            cpu_model_name(),
+            {
+                "cores available": str(available_cores()),
+                "logical cores in machine": str(os.cpu_count() or "unknown"),
+                "torch threads used": str(torch.get_num_threads()),
+            },
+        )
+    ]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            capability = (properties.major, properties.minor)
+            facts = {
+                "memory": f"{properties.total_memory / 2**30:.1f} GiB",
+                "compute capability": f"{properties.major}.{properties.minor}",
+                "multiprocessors": str(properties.multi_processor_count),
+            }
+            if capability in _CUDA_CORES_PER_SM:
+                facts["CUDA cores"] = str(properties.multi_processor_count * _CUDA_CORES_PER_SM[capability])
+            devices.append(DeviceInfo(f"cuda:{index}", properties.name, facts))
+    if torch.backends.mps.is_available():
+        devices.append(DeviceInfo("mps", "Apple GPU (Metal Performance Shaders)", {"memory": "shared with the CPU"}))
+    return devices
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """How fast one device ran the benchmark layer at one batch size."""
+
+    device: str
+    batch_size: int
+    seconds_per_batch: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch_size / self.seconds_per_batch
+
+
+def _synchronize(device: torch.device) -> None:
+    """GPUs run asynchronously: wait for queued work, or the clock measures only the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _time_runs(layer: torch.nn.Module, batch: torch.Tensor, runs: int) -> float:
+    _synchronize(batch.device)
+    start = time.perf_counter()
+    for _ in range(runs):
+        layer(batch)
+    _synchronize(batch.device)
+    return (time.perf_counter() - start) / runs
+
+
+def measure_conv_throughput(
+    devices: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = BENCHMARK_BATCH_SIZES,
+    *,
+    repeats: int = 3,
+    image_size: int = 32,
+    min_sample_seconds: float = 0.02,
+    progress: bool = True,
+) -> list[Throughput]:
+    """Images per second of BENCHMARK_LAYER on image_size x image_size x 3 inputs for each device and batch.
+
+    Each device and batch shape is warmed up first, then timed ``repeats`` times; each timing repeats the batch
+    until it lasts about min_sample_seconds (so tiny batches are not lost in timer noise), and the
+    median is kept because other programs on the machine slow single timings down.
+    """
+    if repeats < 1 or image_size < 3 or not batch_sizes or min(batch_sizes) < 1:
+        raise ConfigError(
+            f"need repeats >= 1, image size >= 3 and positive batch sizes; got repeats={repeats}, "
+            f"image_size={image_size}, batch_sizes={list(batch_sizes)}"
+        )
+    targets = [pick_device(name) for name in (devices or [info.device for info in describe_devices()])]
+    results = []
+    with (
+        tqdm(
+            total=len(targets) * len(batch_sizes),
+            desc="conv benchmark",
+            unit="setting",
+            disable=None if progress else True,
+            leave=False,
+        ) as bar,
+        torch.inference_mode(),
+    ):
+        for device in targets:
+            torch.manual_seed(0)
+            layer = torch.nn.Conv2d(3, 64, 3, padding=1).to(device).eval()
+            # A device's first call pays one-off start-up costs (CUDA context, library loading).
+            _time_runs(layer, torch.rand(1, 3, image_size, image_size, device=device), 1)
+            for batch_size in batch_sizes:
+                batch = torch.rand(batch_size, 3, image_size, image_size, device=device)
+                first = _time_runs(layer, batch, 1)  # also the warm-up for this batch shape
+                runs = max(1, min(10_000, math.ceil(min_sample_seconds / max(first, 1e-9))))
+                seconds = statistics.median(_time_runs(layer, batch, runs) for _ in range(repeats))
+                results.append(Throughput(str(device), batch_size, seconds))
+                bar.update()
+    return results
+
+
+def batch_speedup_answer(measurements: Sequence[Throughput]) -> str:
+    """Answer the lab's question "is a GPU equally faster for 3 and for 1,000 images?" from measurements:
+    the accelerator's speed-up over the CPU at the smallest and the largest batch measured."""
+    speed = {(m.device, m.batch_size): m.images_per_second for m in measurements}
+    cpu_batches = sorted(batch for device, batch in speed if device == "cpu")
+    if len(cpu_batches) < 2:
+        raise ConfigError("the answer compares batch sizes on the CPU; measure 'cpu' at two batch sizes or more")
+    small, large = cpu_batches[0], cpu_batches[-1]
+    for device in sorted({device for device, _ in speed if device != "cpu"}):
+        if (device, small) in speed and (device, large) in speed:
+            at_small = speed[device, small] / speed["cpu", small]
+            at_large = speed[device, large] / speed["cpu", large]
+            equal = max(at_small, at_large) <= 1.5 * min(at_small, at_large)
+            reason = (
+                "a small batch leaves most of the GPU's cores idle while paying the same fixed cost per "
+                "kernel launch, so the advantage grows with the batch"
+                if at_large > at_small
+                else "here the small batch gained more, so the layer is too small to fill the GPU at any batch"
+            )
+            return (
+                f"{'Roughly yes' if equal else 'No'}: {device} runs {at_small:.1f}x the CPU's speed for a batch "
+                f"of {small} and {at_large:.1f}x for a batch of {large} ({speed[device, large]:,.0f} vs "
+                f"{speed['cpu', large]:,.0f} images/s)" + ("." if equal else f"; {reason}.")
+            )
+    ratio = speed["cpu", large] / speed["cpu", small]
+    reason = (
+        "sharing the fixed cost per call among more images pays off"
+        if ratio >= 1.5
+        else "a CPU's few cores are already busy with one image, so batching does not help it"
+    )
+    return (
+        f"No GPU was measured here, so the GPU/CPU speed-up cannot be given for this machine. On the CPU a "
+        f"batch of {large} runs at {speed['cpu', large]:,.0f} images/s, {ratio:.2f}x the "
+        f"{speed['cpu', small]:,.0f} images/s of a batch of {small}: {reason}, whereas a GPU needs large "
+        "batches to fill its thousands of cores."
+    )
+
+
+def plot_throughput(
+    measurements: Sequence[Throughput],
+    path: str | os.PathLike,
+    *,
+    image_size: int = 32,
+    labels: Mapping[str, str] | None = None,
+) -> Path:
+    """Save images/s against batch size (both axes logarithmic, one line per device) as a PNG;
+    ``labels`` maps a device such as "cpu" to its legend text."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    from cnnlab.plots import save_figure  # imported here: it loads pyplot, which only figures need
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axis = figure.subplots()
+    for device in dict.fromkeys(m.device for m in measurements):
+        points = sorted((m.batch_size, m.images_per_second) for m in measurements if m.device == device)
+        axis.plot(*zip(*points, strict=True), marker="o", label=(labels or {}).get(device, device))
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    batch_sizes = sorted({m.batch_size for m in measurements})
+    axis.set_xticks(batch_sizes, labels=[str(size) for size in batch_sizes])
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.set_xlabel("batch size (images)")
+    axis.set_ylabel("images per second")
+    axis.set_title(f"{BENCHMARK_LAYER}\non {image_size}x{image_size}x3 images", fontsize=10)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    return save_figure(figure, path, dpi=100)

@@ -20,6 +20,11 @@ from cnnlab.models import build_cnn
 from cnnlab.training import Callback, EarlyStopping
 
 
+def _csv_rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
 def _toy(n=64, size=32, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, size=(n, size, size, 3)).astype(np.float32)
@@ -90,7 +95,7 @@ def test_run_folder_contents(tmp_path):
     model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), run_dir=tmp_path, verbose=0)
     for name in ("config.json", "history.csv", "metrics.json", "weights.safetensors", "checkpoint.pt"):
         assert (tmp_path / name).exists(), name
-    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    rows = _csv_rows(tmp_path / "history.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and "val_accuracy" in rows[0]
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp files left behind"
@@ -151,12 +156,12 @@ def test_resume_after_a_real_kill(tmp_path, cifar10_archive, session_cache):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = len(list(csv.DictReader(open(out / "history.csv"))))
+    done = len(_csv_rows(out / "history.csv"))
     assert 1 <= done < 4, "killed after the first checkpoint, before the end"
     result = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"Resuming {out} after epoch {done}/4" in result.stdout
-    assert [r["epoch"] for r in csv.DictReader(open(out / "history.csv"))] == ["1", "2", "3", "4"]
+    assert [r["epoch"] for r in _csv_rows(out / "history.csv")] == ["1", "2", "3", "4"]
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0
 
 

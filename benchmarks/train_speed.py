@@ -1,0 +1,131 @@
+"""Epoch time of cnnlab's fit against a minimal hand-written PyTorch loop, interleaved in one run.
+
+    CNNLAB_CIFAR10=... python benchmarks/train_speed.py [--rounds 3] [--threads 2]
+
+Model A: 2 conv, 16 filters, no dense, batch 20. Model B: 4 conv, 16 filters, 1x50 dense, dropout,
+batch 128. Both on the lab's 7,500 training images. The two loops alternate epoch by epoch so machine
+noise hits both alike; the table reports medians and the ratio cnnlab / hand-written (target <= 1.05).
+Peak resident memory of the process is printed as well (target < 1.5 GB).
+
+``--keras`` adds the lab's Keras/TensorFlow setup when TensorFlow imports (a separate environment:
+``pip install tensorflow-cpu``); its epoch time is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.data import load_lab_data
+from cnnlab.device import configure_threads
+from cnnlab.models import build_cnn
+
+MODELS = {
+    "A": (dict(n_conv_layers=2, n_filters=16, n_dense_layers=0), 20),
+    "B": (dict(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50, use_dropout=True), 128),
+}
+
+
+def hand_written_epoch(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator) -> float:
+    """The smallest honest loop: shuffle, slice, forward, cross-entropy, backward, step."""
+    network, optimizer = model.network, model.optimizer
+    network.train()
+    started = time.perf_counter()
+    perm = torch.randperm(len(x), generator=generator)
+    for start in range(0, len(x), batch_size):
+        index = perm[start : start + batch_size]
+        logits = network(x[index].permute(0, 3, 1, 2))
+        loss = F.cross_entropy(logits, y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
+def cnnlab_epoch(model, x, y, batch_size: int) -> float:
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+    return time.perf_counter() - started
+
+
+def keras_epoch_times(config: dict, batch_size: int, x: np.ndarray, y: np.ndarray, rounds: int) -> list[float]:
+    import tensorflow as tf  # optional: only in a separate environment
+
+    layers = [tf.keras.Input(x.shape[1:])]
+    for i in range(config["n_conv_layers"]):
+        layers += [
+            tf.keras.layers.Conv2D(config["n_filters"] * 2**i, 3, padding="same", activation="relu"),
+            tf.keras.layers.BatchNormalization(),
+            tf.keras.layers.MaxPooling2D(2),
+        ]
+    layers.append(tf.keras.layers.Flatten())
+    for _ in range(config["n_dense_layers"]):
+        layers += [tf.keras.layers.Dense(config["n_nodes"], activation="relu"), tf.keras.layers.BatchNormalization()]
+        if config.get("use_dropout"):
+            layers.append(tf.keras.layers.Dropout(0.5))
+    layers.append(tf.keras.layers.Dense(10, activation="softmax"))
+    keras_model = tf.keras.Sequential(layers)
+    keras_model.compile(tf.keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    keras_model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # warm-up: graph tracing
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        keras_model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--keras", action="store_true", help="also time Keras/TensorFlow (needs tensorflow)")
+    args = parser.parse_args()
+    threads = configure_threads(args.threads)
+    data = load_lab_data()
+    x_t, y_t = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    rows = []
+    for name, (config, batch_size) in MODELS.items():
+        ours = build_cnn(device="cpu", **config)
+        theirs = build_cnn(device="cpu", **config)
+        generator = torch.Generator().manual_seed(0)
+        cnnlab_epoch(ours, data.x_train, data.y_train, batch_size)  # warm-up both
+        hand_written_epoch(theirs, x_t, y_t, batch_size, generator)
+        times_ours, times_hand = [], []
+        for _ in range(args.rounds):
+            times_ours.append(cnnlab_epoch(ours, data.x_train, data.y_train, batch_size))
+            times_hand.append(hand_written_epoch(theirs, x_t, y_t, batch_size, generator))
+        row = {"model": name, "batch": batch_size, "cnnlab_s": statistics.median(times_ours),
+               "hand_s": statistics.median(times_hand)}
+        if args.keras:
+            try:
+                row["keras_s"] = statistics.median(
+                    keras_epoch_times(config, batch_size, data.x_train, data.y_train, args.rounds)
+                )
+            except ImportError:
+                print("TensorFlow is not installed here: Keras column skipped (pip install tensorflow-cpu)")
+        rows.append(row)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nEpoch time on 7,500 images, CPU, {threads} threads, median of {args.rounds} interleaved rounds\n")
+    header = "| model | batch | cnnlab fit (s) | hand-written loop (s) | ratio cnnlab/hand |"
+    if args.keras and any("keras_s" in r for r in rows):
+        header += " Keras/TF (s) | Keras/cnnlab |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for r in rows:
+        ratio = r["cnnlab_s"] / r["hand_s"]
+        line = f"| {r['model']} | {r['batch']} | {r['cnnlab_s']:.2f} | {r['hand_s']:.2f} | {ratio:.3f} |"
+        if "keras_s" in r:
+            line += f" {r['keras_s']:.2f} | {r['keras_s'] / r['cnnlab_s']:.2f}x |"
+        print(line)
+    print(f"\nPeak resident memory: {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

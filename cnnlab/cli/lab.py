@@ -1,0 +1,46 @@
+"""`cnnlab lab`: run the lab's parts in order and write the report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "lab",
+        help="run the whole lab and write a report",
+        description="Run every part of the lab in order and write a report with figures, tables and the lab's "
+        "questions answered from this run's measurements. Finished parts are reused on a rerun, so a killed "
+        "run continues where it stopped.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("lab-report"), help="report folder (default: lab-report)")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and images: minutes instead of an hour")
+    parser.add_argument("--data", type=Path, help="CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10 or download)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--only", nargs="+", metavar="PART", help="run only these parts (names as printed)")
+    parser.add_argument("--fresh", action="store_true", help="redo every part instead of reusing finished ones")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+
+    from cnnlab.errors import ConfigError
+    from cnnlab.lab import LabContext, discover_parts, run_parts
+    from cnnlab.report import write_report
+
+    parts = discover_parts()
+    if args.only:
+        unknown = sorted(set(args.only) - {key for key, _ in parts})
+        if unknown:
+            raise ConfigError(f"unknown parts {unknown}; choose from {[key for key, _ in parts]}")
+        parts = [(key, part) for key, part in parts if key in args.only]
+    if args.fresh and args.out.exists():
+        shutil.rmtree(args.out / "parts", ignore_errors=True)
+        shutil.rmtree(args.out / "runs", ignore_errors=True)
+    ctx = LabContext(out=args.out, quick=args.quick, data_source=args.data, device=args.device)
+    sections = run_parts(ctx, parts)
+    report = write_report(sections, args.out)
+    print(f"Report: {report}")
+    return 0

@@ -1,0 +1,119 @@
+"""Part 4: the lab's CNN configurations, trained and compared, and its questions answered."""
+
+from __future__ import annotations
+
+from cnnlab.lab import LabContext, Section, Table
+from cnnlab.models import build_cnn
+from cnnlab.plots import plot_results
+from cnnlab.summary import summary_rows
+
+LAB_RUNS = {
+    "A": ("2 conv, no dense", dict(n_conv_layers=2, n_filters=16, n_dense_layers=0), 20),
+    "B": ("2 conv, dense 50", dict(n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes=50), 20),
+    "C": ("4 conv, dense 50", dict(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50), 20),
+    "D": ("4 conv, dense 50, dropout 0.5",
+          dict(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50, use_dropout=True), 20),
+    "E": ("2 conv, dense 32, dropout, batch 128",
+          dict(n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes=32, use_dropout=True), 128),
+}
+
+
+def train_run(ctx: LabContext, key: str, build: dict, batch_size: int, epochs: int, **fit_options) -> dict:
+    """Train one configuration in its own resumable run folder and measure train/val/test accuracy."""
+    data = ctx.lab_data()
+    model = build_cnn(input_shape=data.x_train.shape[1:], learning_rate=0.01, device=ctx.device, **build)
+    callbacks = list(fit_options.pop("callbacks", [])) + ctx.training_callbacks()
+    history = model.fit(
+        data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, validation_data=(data.x_val, data.y_val),
+        run_dir=ctx.out / "runs" / key, resume=True, verbose=2, callbacks=callbacks, **fit_options,
+    )
+    plot_results(history, ctx.path("figures", f"run_{key}.png"), title=f"run {key}")
+    counts = model.count_params()
+    test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test)
+    result = {
+        "key": key, "batch_size": batch_size, "epochs": epochs, "params": counts.total, "trainable": counts.trainable,
+        "train_accuracy": model.evaluate(data.x_train, data.y_train)[1],
+        "val_accuracy": history.history["val_accuracy"][-1],
+        "best_val_accuracy": max(history.history["val_accuracy"]),
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+    }
+    ctx.cache.setdefault("models", {})[key] = model
+    return result
+
+
+def run(ctx: LabContext) -> Section:
+    epochs = ctx.epochs(20, 4)
+    results = {}
+    for key, (_label, build, batch_size) in LAB_RUNS.items():
+        results[key] = train_run(ctx, key, build, batch_size, epochs)
+    a, c, d = results["A"], results["C"], results["D"]
+    best_key = max(results, key=lambda k: results[k]["test_accuracy"])
+    rows = [
+        [key, LAB_RUNS[key][0], r["batch_size"], r["epochs"], f"{r['params']:,}", f"{r['train_accuracy']:.3f}",
+         f"{r['best_val_accuracy']:.3f}", f"{r['test_accuracy']:.3f}"]
+        for key, r in results.items()
+    ]
+    model_c = ctx.cache["models"]["C"]
+    layer_rows = summary_rows(model_c.network, model_c.input_shape)
+    biggest = max(layer_rows, key=lambda row: row[3])
+    conv_rows = [row for row in layer_rows if row[1] == "Conv2D"]
+    second_conv = conv_rows[1]
+    filters_in, filters_out = 16, 32
+    gap = a["train_accuracy"] - a["test_accuracy"]
+    # Without pooling, the flattened 4-conv feature map would stay 32x32x128 before a 50-node dense layer.
+    dense_without_pool = 32 * 32 * 128 * 50 + 50
+    dense_with_pool = 2 * 2 * 128 * 50 + 50
+    answers = [
+        ("13. How big is the difference between training and test accuracy?",
+         f"Run A reaches {a['train_accuracy']:.1%} on its training images but {a['test_accuracy']:.1%} on the test "
+         f"images: a gap of {gap:.1%} points. "
+         + ("That gap is the signature of overfitting: the network memorises its 7,500 images." if gap > 0.1 else
+            "The gap is small, so this run is not overfitting much.")),
+        ("14. Why a smaller batch size than the 10,000 of the DNN lab?",
+         "An image batch is large: the first conv layer alone outputs 32x32x16 floats per image, "
+         f"{32 * 32 * 16 * 4 * 10_000 / 2**20:,.0f} MB for 10,000 images, and every layer's activations are kept "
+         "for back-propagation. Small batches fit in memory and give many more weight updates per epoch "
+         f"({7500 // 20} steps at batch 20 against 1 at batch 10,000)."),
+        ("15. How many trainable parameters, and where are most?",
+         f"Run C has {c['trainable']:,} trainable parameters ({c['params']:,} in all, counting BatchNorm's moving "
+         f"statistics as Keras does). The largest layer is {biggest[0]} ({biggest[1]}) with {biggest[3]:,}."),
+        ("16. Input and output of a Conv2D layer?",
+         f"A 4-D batch (batch, height, width, channels) in, a 4-D batch out: {conv_rows[0][0]} maps the "
+         f"(None, 32, 32, 3) images to {conv_rows[0][2]}; with 'same' padding height and width stay and the "
+         "channels become the number of filters."),
+        ("17. Is the batch size always the first dimension?",
+         "Yes: Keras' data_format only moves the channels (channels_last NHWC or channels_first NCHW); the batch "
+         "stays first. PyTorch is NCHW; cnnlab accepts NHWC arrays and feeds them as channels_last memory."),
+        ("18. 128 filters on a 32-channel input give how many output channels?",
+         "128: each filter spans all 32 input channels and yields one output channel."),
+        ("19. Why are a Conv2D layer's parameters not filters x kernel coefficients (+ bias)?",
+         f"Each filter also spans every input channel: {second_conv[0]} has 3x3x{filters_in} weights per filter "
+         f"times {filters_out} filters plus {filters_out} biases = {3 * 3 * filters_in * filters_out + filters_out:,}, "
+         f"which is the {second_conv[3]:,} in its summary row."),
+        ("20. How does max pooling reduce the number of parameters?",
+         "It has none itself, but it shrinks the feature map 4x per block, and the dense layer after Flatten "
+         f"grows with the map: with pooling run C's dense layer holds {dense_with_pool:,} parameters; without "
+         f"it the 32x32x128 map would need {dense_without_pool:,}."),
+        ("21. How much did dropout improve the test accuracy?",
+         f"From {c['test_accuracy']:.1%} (run C) to {d['test_accuracy']:.1%} (run D): "
+         f"{d['test_accuracy'] - c['test_accuracy']:+.1%} points."),
+        ("22. Other regularization, and L2 for the conv layers?",
+         "L2 (weight decay) and L1 penalties, data augmentation, early stopping, label smoothing, smaller models. "
+         "In cnnlab: build_cnn(l2=1e-4) adds 1e-4 x sum(w^2) of every conv and dense kernel to the loss, "
+         "like Keras' kernel_regularizer=l2(1e-4)."),
+        ("23. How high a test accuracy, with which configuration?",
+         f"Among these runs, {best_key} ({LAB_RUNS[best_key][0]}) is best with "
+         f"{results[best_key]['test_accuracy']:.1%}. The recipe in the 'best configuration' part goes further."),
+    ]
+    return Section(
+        key="cnn",
+        title="Part 4: 2D CNN",
+        intro=f"Five configurations from the lab, each trained {epochs} epochs with Adam (learning rate 0.01) on "
+        "the training images, validated on the validation images and tested once on the test images.",
+        figures=[(f"figures/run_{k}.png", f"Run {k}: {LAB_RUNS[k][0]}") for k in results],
+        tables=[Table("The lab's configurations", ["run", "model", "batch", "epochs", "parameters", "train acc",
+                                                   "best val acc", "test acc"], rows)],
+        answers=answers,
+        facts={"runs": results, "best": best_key},
+    )
