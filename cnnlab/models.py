@@ -179,3 +179,20 @@ def build_cnn(
         device=device,
         variable_input_size=head != "flatten",
     )
+
+
+def load_model(path, device: str | torch.device | None = "auto") -> Model:
+    """Rebuild a model saved by ``Model.save`` (or a run folder's weights.safetensors) with its weights."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    if "config" not in metadata:
+        raise ConfigError(f"{path} has no cnnlab build config in its metadata; it was not written by Model.save")
+    config = json.loads(metadata["config"])
+    model = build_cnn(device=device, **config)
+    model.network.load_state_dict(load_file(str(path), device=str(model.device)))
+    return model

@@ -67,3 +67,14 @@ def test_flatten_model_explains_other_sizes():
     model = build_cnn(device="cpu")
     with pytest.raises(DataError, match="head='gap'"):
         model.predict(np.zeros((1, 48, 48, 3), np.float32))
+
+
+def test_save_and_load_model_roundtrip(tmp_path):
+    from cnnlab.models import load_model
+
+    model = build_cnn(n_dense_layers=1, n_nodes=20, device="cpu", seed=4)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+    model.save(tmp_path / "m.safetensors")
+    again = load_model(tmp_path / "m.safetensors", device="cpu")
+    np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)
+    assert again.config["n_nodes"] == 20

@@ -1,0 +1,122 @@
+"""`cnnlab carbon-sweep`: lab part 6 made real: what batch size and epoch count cost in energy and CO2eq.
+
+Also home of the carbon options that `cnnlab train` shares (--carbon, --country, --cpu-power, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cnnlab.carbon import BACKENDS, DEFAULT_COUNTRY, SWEEP_MODEL, CarbonCallback, CarbonSettings
+
+QUICK = {"n_train_val": 2_000, "n_test": 1_000, "epochs": [1, 2]}
+
+
+def add_carbon_options(parser: argparse.ArgumentParser, *, tracking_default: bool | None = None) -> None:
+    """The carbon flags; with ``tracking_default`` also --carbon/--no-carbon, on or off by default."""
+    group = parser.add_argument_group("carbon footprint")
+    if tracking_default is not None:
+        group.add_argument(
+            "--carbon", action=argparse.BooleanOptionalAction, default=tracking_default,
+            help="track energy and CO2eq: a prediction after the first epoch, the actual figures at the end, "
+            "carbon.json in the run folder",
+        )  # fmt: skip
+    group.add_argument(
+        "--carbon-backend", choices=BACKENDS, default="codecarbon",
+        help="codecarbon (offline; the default) or carbontracker (the lab's tool; pip install "
+        "'cnnlab[carbontracker]')",
+    )  # fmt: skip
+    group.add_argument(
+        "--country", default=DEFAULT_COUNTRY, metavar="ISO3",
+        help="3-letter ISO code of the country whose grid powers the computer; sets the carbon intensity "
+        f"(default: {DEFAULT_COUNTRY}, where the lab is taught)",
+    )  # fmt: skip
+    group.add_argument(
+        "--cpu-power", type=float, metavar="WATTS",
+        help="the CPU's power at full load, instead of the library's guess (on virtual machines the "
+        "guesses differ several-fold)",
+    )  # fmt: skip
+    group.add_argument(
+        "--carbon-intensity", type=float, metavar="G_PER_KWH",
+        help="grams CO2eq per kWh of the grid, instead of the country's yearly average",
+    )  # fmt: skip
+
+
+def carbon_settings(args: argparse.Namespace) -> CarbonSettings:
+    """The settings from the parsed flags; bad values raise ConfigError before any work starts."""
+    return CarbonSettings(
+        backend=args.carbon_backend, country=args.country, cpu_power=args.cpu_power,
+        carbon_intensity=args.carbon_intensity,
+    )  # fmt: skip
+
+
+def carbon_callbacks(args: argparse.Namespace) -> list[CarbonCallback]:
+    """[CarbonCallback] when --carbon is on, else []: what a command adds to fit's callbacks."""
+    return [CarbonCallback(carbon_settings(args))] if args.carbon else []
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 20,64"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"need positive whole numbers, got {text!r}")
+    return values
+
+
+def register(subparsers) -> None:
+    model = ", ".join(f"{k}={v}" for k, v in SWEEP_MODEL.items())
+    parser = subparsers.add_parser(
+        "carbon-sweep",
+        help="energy and CO2eq of the lab's CNN for several batch sizes and epoch counts (lab part 6)",
+        description=f"Keep the lab's CNN fixed ({model}) and train it with every batch size for every epoch "
+        "count; print a table of time, energy, CO2eq and test accuracy, and save it as CSV and as a plot. "
+        "Each batch size trains once for the largest epoch count; smaller counts are read off the same run.",
+    )
+    parser.add_argument("--data", type=Path, help="CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10, the cache)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("carbon-sweep"),
+        help="folder for the table, plot and runs (default: carbon-sweep)",
+    )
+    parser.add_argument("--batch-sizes", type=_positive_ints, default=[20, 64, 128, 512], metavar="N,N,...",
+                        help="batch sizes (default: 20,64,128,512)")  # fmt: skip
+    parser.add_argument("--epochs", type=_positive_ints, default=None, metavar="N,N,...",
+                        help="epoch counts (default: 5,10; with --quick 1,2)")  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"{QUICK['n_train_val']:,} train+validation and {QUICK['n_test']:,} test images instead of "
+        "10,000 and 2,000, and 1,2 epochs",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and dropout (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto (the default), cpu, cuda, cuda:1 or mps")
+    add_carbon_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.carbon import carbon_sweep, format_sweep_table, plot_carbon_sweep, write_sweep_csv
+    from cnnlab.data import load_lab_data
+
+    settings = carbon_settings(args)
+    sizes = {"n_train_val": QUICK["n_train_val"], "n_test": QUICK["n_test"]} if args.quick else {}
+    epochs = args.epochs or (QUICK["epochs"] if args.quick else [5, 10])
+    data = load_lab_data(args.data, **sizes)
+    print(f"Data: {data.summary()}")
+    rows = carbon_sweep(data, args.batch_sizes, epochs, settings, seed=args.seed, device=args.device, out_dir=args.out)
+    print(format_sweep_table(rows))
+    intensity, source = settings.intensity()
+    print(f"Grid: {settings.country_name} ({settings.country}), {intensity:.4g} g CO2eq/kWh ({source}); "
+          f"backend {settings.backend}; details per run in {args.out}/batch-N/carbon.json")  # fmt: skip
+    if not data.source.get("official"):
+        print("Test accuracy is on the data given, which is not the official CIFAR-10 archive.")
+    table = write_sweep_csv(rows, args.out / "carbon_sweep.csv")
+    figure = args.out / "carbon_sweep.png"
+    plot_carbon_sweep(rows, figure)
+    print(f"Table: {table}\nPlot: {figure}")
+    return 0
