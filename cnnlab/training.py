@@ -55,15 +55,23 @@ class History:
 
 
 class Callback:
-    """Hooks into ``fit``, named as in Keras. ``self.model`` is set before training starts."""
+    """Hooks into ``fit``, named as in Keras. Before training starts, fit sets ``self.model``,
+    ``self.params`` (batch_size, epochs, samples, seed) and ``self.run_dir`` (None without a run folder)."""
 
     model: Model
+    params: dict
+    run_dir: Path | None
 
     def on_train_begin(self, logs: dict | None = None) -> None: ...
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
     def on_train_batch_begin(self, step: int, logs: dict | None = None) -> None: ...
+    def on_train_batch_end(self, step: int, logs: dict | None = None) -> None: ...
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
     def on_train_end(self, logs: dict | None = None) -> None: ...
+
+    def run_metrics(self) -> dict:
+        """Fields this callback adds to the run's metrics.json; asked after on_train_end."""
+        return {}
 
 
 class EarlyStopping(Callback):
@@ -344,7 +352,7 @@ class Model:
 
         callbacks = list(callbacks or [])
         for callback in callbacks:
-            callback.model = self
+            callback.model, callback.params, callback.run_dir = self, history.params, run
         self.stop_training = False
         for callback in callbacks:
             callback.on_train_begin()
@@ -380,6 +388,8 @@ class Model:
                 for callback in callbacks:
                     callback.on_train_batch_begin(step)
                 loss, hits = self._train_step(batch_images, batch_labels)
+                for callback in callbacks:
+                    callback.on_train_batch_end(step)
                 loss_sum += loss * len(batch_labels)
                 correct += hits
                 if bar.update(1) and verbose == 1:  # update() is truthy only when the bar redraws
@@ -421,7 +431,8 @@ class Model:
         if run:
             self.save(run / "weights.safetensors")
             final = {k: v[-1] for k, v in history.history.items()}
-            write_json(run / "metrics.json", {"epochs_run": len(history.epoch), **final})
+            extra = {k: v for callback in callbacks for k, v in callback.run_metrics().items()}
+            write_json(run / "metrics.json", {"epochs_run": len(history.epoch), **final, **extra})
         return history
 
     def evaluate(self, x, y, batch_size: int = 512, verbose: int = 0) -> list[float]:

@@ -9,6 +9,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from cnnlab.cli.carbon_sweep import add_carbon_options, carbon_callbacks
 from cnnlab.errors import ConfigError
 
 DATA_KEYS = {"data": None, "n_train_val": 10_000, "n_test": 2_000, "val_fraction": 0.25, "split_seed": 0}
@@ -76,6 +77,7 @@ def register(subparsers) -> None:
         elif key == "data":
             kwargs["type"] = Path
         parser.add_argument(_flag(key), dest=key, **kwargs)
+    add_carbon_options(parser, tracking_default=False)
     parser.set_defaults(func=run)
 
 
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.resume and not (out / "checkpoint.pt").exists():
         raise ConfigError(f"--resume: no checkpoint in {out}; give the run folder of the killed run with --out")
+    carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
     data = load_lab_data(
         settings["data"], settings["n_train_val"], settings["n_test"], settings["val_fraction"], settings["split_seed"]
     )
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         from cnnlab.augment import parse_augment_spec
 
         augment = parse_augment_spec(settings["augment"], seed=settings["seed"])
-    callbacks = [EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else []
+    callbacks = carbon + ([EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else [])
     history = model.fit(
         data.x_train,
         data.y_train,
