@@ -7,29 +7,39 @@
                         validation_data=(data.x_val, data.y_val))
     model.evaluate(data.x_test, data.y_test)    # [loss, accuracy]
     plot_results(history, "results.png")
+
+Names are imported on first use (PEP 562), so `import cnnlab` and `cnnlab --help` stay quick
+instead of loading torch, scipy and matplotlib up front.
 """
 
-from cnnlab.convolution import SOBEL_X, SOBEL_Y, compare_with_cnn_layer, convolve, gaussian_kernel, output_shape
-from cnnlab.data import (
-    CLASS_NAMES,
-    class_counts,
-    load_cifar10,
-    load_lab_data,
-    scale_images,
-    to_categorical,
-)
-from cnnlab.device import configure_threads, describe_devices, measure_conv_throughput, pick_device
-from cnnlab.errors import CnnlabError, ConfigError, DataError, TrainingDiverged
-from cnnlab.models import build_cnn, load_model
-from cnnlab.plots import plot_results, sample_grid
-from cnnlab.training import Callback, EarlyStopping, History, Model
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CLASS_NAMES", "SOBEL_X", "SOBEL_Y", "Callback", "CnnlabError", "ConfigError", "DataError", "EarlyStopping",
-    "History", "Model", "TrainingDiverged", "build_cnn", "class_counts", "compare_with_cnn_layer",
-    "configure_threads", "convolve", "describe_devices", "gaussian_kernel", "load_cifar10", "load_lab_data",
-    "load_model", "measure_conv_throughput", "output_shape", "pick_device", "plot_results", "sample_grid",
-    "scale_images", "to_categorical",
-]
+_EXPORTS = {
+    "cnnlab.convolution": ["SOBEL_X", "SOBEL_Y", "compare_with_cnn_layer", "convolve", "gaussian_kernel",
+                           "output_shape"],
+    "cnnlab.data": ["CLASS_NAMES", "class_counts", "load_cifar10", "load_lab_data", "scale_images",
+                    "to_categorical"],
+    "cnnlab.device": ["configure_threads", "describe_devices", "measure_conv_throughput", "pick_device"],
+    "cnnlab.errors": ["CnnlabError", "ConfigError", "DataError", "TrainingDiverged"],
+    "cnnlab.models": ["build_cnn", "load_model"],
+    "cnnlab.plots": ["plot_results", "sample_grid"],
+    "cnnlab.training": ["Callback", "EarlyStopping", "History", "Model"],
+    "cnnlab.carbon": ["CarbonCallback", "CarbonSettings", "carbon_sweep"],
+    "cnnlab.tuning": ["TuneSettings", "load_space", "parse_space", "tune"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,109 @@
+"""`cnnlab tune`: search the CNN's hyperparameters with Optuna or Ray Tune (lab part 8)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+search space (TOML, flat keys; see examples/space.toml):
+  n_filters = 32                                    fixed for every trial
+  n_conv_layers = { low = 1, high = 4 }             whole-number range
+  learning_rate = { low = 1e-4, high = 1e-1, log = true }   log-scale range (low > 0)
+  n_nodes = { low = 32, high = 256, step = 32 }     range on a grid
+  optimizer = { choices = ["adam", "sgd"] }         categorical
+searchable: n_conv_layers n_filters n_dense_layers n_nodes use_dropout dropout_rate l2 learning_rate
+optimizer head batch_size augment_strength (0..1, mapped to rotation/shift/flip).
+
+engines:
+  optuna  in this process; the study lives in SQLite (--storage), so rerunning with the same
+          --study-name continues it until it holds --trials finished trials. Weak trials are
+          pruned on their per-epoch validation accuracy (--pruner).
+  ray     Ray Tune with ASHA early stopping and Optuna's sampler, into the same study. Starting Ray
+          costs about 5 s and 650 MB; trials run one per free core (cores minus the load average),
+          each with $CNNLAB_THREADS threads (default 1), because torch crawls on busy cores. Give
+          --address to run the same search on an existing Ray cluster (cnnlab must be installed
+          on its nodes).
+
+outputs in --out: study.db, trials.csv, best.toml (for cnnlab train --config), summary.json,
+history.png, importances.png, and with --objective accuracy+energy pareto.csv and pareto.png.
+The test set is used once, for the best configuration only."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tune",
+        help="search hyperparameters (Optuna or Ray Tune) and write the best config",
+        description="Search the lab CNN's hyperparameters on CIFAR-10, maximizing validation accuracy "
+        "(optionally minimizing energy too), then retrain the best configuration and test it once.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--space", type=Path, required=True, help="search space TOML file")
+    parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default: 20)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (default: 3)")
+    parser.add_argument(
+        "--subset", type=int, default=10_000, help="first N training images, split 3:1 into train/validation"
+    )
+    parser.add_argument("--test-size", type=int, default=2_000, help="first N test images (default: 2000)")
+    parser.add_argument("--data", type=Path, help="CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10)")
+    parser.add_argument("--out", type=Path, default=Path("runs/tune"), help="output folder (default: runs/tune)")
+    parser.add_argument("--engine", choices=("optuna", "ray"), default="optuna", help="search engine")
+    parser.add_argument(
+        "--objective",
+        choices=("accuracy", "accuracy+energy"),
+        default="accuracy",
+        help="maximize validation accuracy, or also minimize training energy (codecarbon via cnnlab.carbon)",
+    )
+    parser.add_argument(
+        "--pruner", choices=("median", "hyperband", "none"), default="median", help="Optuna engine's pruner"
+    )
+    parser.add_argument("--study-name", default="cnnlab-tune", help="study to create or continue")
+    parser.add_argument("--storage", help="SQLAlchemy URL or SQLite file path (default: OUT/study.db)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the sampler")
+    parser.add_argument("--address", help="Ray cluster to join, e.g. ray://head:10001 (with --engine ray)")
+    parser.add_argument("--max-concurrent", type=int, help="Ray trials at once (default: free cores / threads)")
+    parser.add_argument("--device", default="auto", help="Optuna engine's device: auto, cpu, cuda or mps")
+    parser.add_argument("--country", default="SWE", help="3-letter ISO code of the grid, for CO2eq (default: SWE)")
+    parser.add_argument("--cpu-power", type=float, help="CPU watts at full load, instead of codecarbon's guess")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.carbon import CarbonSettings
+    from cnnlab.data import load_lab_data
+    from cnnlab.tuning import TuneSettings, format_table, load_space, tune
+
+    space = load_space(args.space)
+    settings = TuneSettings(
+        trials=args.trials,
+        epochs=args.epochs,
+        seed=args.seed,
+        engine=args.engine,
+        objective=args.objective,
+        pruner=args.pruner,
+        study_name=args.study_name,
+        storage=args.storage,
+        address=args.address,
+        max_concurrent=args.max_concurrent,
+        device=args.device,
+        carbon=CarbonSettings(country=args.country, cpu_power=args.cpu_power),
+    )
+    data = load_lab_data(args.data, n_train_val=args.subset, n_test=args.test_size, seed=args.seed)
+    print(f"Data: {data.summary()}")
+    result = tune(space, data, args.out, settings, log=print)
+    print(format_table(result.rows))
+    if result.pareto:
+        print("\nPareto front (no other trial is both more accurate and more frugal):")
+        print(format_table(result.pareto, only_varying=False))
+    best = result.best
+    lossy = "" if data.source.get("official") else " (data is not the official CIFAR-10 archive)"
+    print(
+        f"\nBest: trial {best['trial']}, val_accuracy {best['val_accuracy']:.4f}; retrained once and tested: "
+        f"test_accuracy {best['test_accuracy']:.4f}{lossy}"
+    )
+    for note in result.notes:
+        print(f"Note: {note}")
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    return 0
