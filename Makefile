@@ -4,12 +4,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Local copies of data that cannot be downloaded here (CIFAR-10, ascent, photos) may lie in a sibling
+# shared/ folder; any variable already set by the user wins.
 SHARED ?= ../shared
-# Tests read the lossy CIFAR-10 copy and the ascent image from the sibling shared/ folder.
-TEST_ENV := CNNLAB_CIFAR10=$${CNNLAB_CIFAR10:-$(abspath $(SHARED))/datasets/cifar-10-binary-lossy.tar.xz} \
-	CNNLAB_SHARED=$${CNNLAB_SHARED:-$(abspath $(SHARED))} CNNLAB_THREADS=$${CNNLAB_THREADS:-2}
+SHARED_ABS := $(abspath $(SHARED))
+DATA_ENV := CNNLAB_CIFAR10=$${CNNLAB_CIFAR10:-$(if $(wildcard $(SHARED)/datasets/cifar-10-binary-lossy.tar.xz),$(SHARED_ABS)/datasets/cifar-10-binary-lossy.tar.xz,)} \
+	CNNLAB_PHOTOS=$${CNNLAB_PHOTOS:-$(if $(wildcard $(SHARED)/photos),$(SHARED_ABS)/photos,)} \
+	CNNLAB_RESNET50_WEIGHTS=$${CNNLAB_RESNET50_WEIGHTS:-$$(bash scripts/fetch_resnet_weights.sh || true)}
+TEST_ENV := $(DATA_ENV) CNNLAB_SHARED=$${CNNLAB_SHARED:-$(SHARED_ABS)} CNNLAB_THREADS=$${CNNLAB_THREADS:-2}
 
-.PHONY: setup lab test lint bench clean
+.PHONY: setup lab test lint clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +23,11 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/cnnlab lab $(ARGS)
+	@if [ -f $(SHARED)/datasets/ascent.dat ]; then bash scripts/seed_scipy_cache.sh $(SHARED)/datasets/ascent.dat; fi
+	$(DATA_ENV) $(BIN)/cnnlab lab $(ARGS)
 
 test: $(STAMP)
+	bash scripts/install_chromium.sh
 	$(BIN)/ruff check cnnlab tests benchmarks
 	$(TEST_ENV) $(BIN)/python -m pytest $(ARGS)
 
