@@ -107,3 +107,78 @@ def sample_grid(
     pick = rng.choice(len(images), size=min(count, len(images)), replace=False)
     titles = [f"{int(labels[i])} ({class_names[int(labels[i])]})" for i in pick]
     return image_grid(np.asarray(images)[pick], titles, path=path)
+
+
+def rotation_preview(
+    images: np.ndarray,
+    rotated: np.ndarray,
+    count: int = 10,
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Random test images (top row) above the same images rotated (bottom row), as in lab part 5."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(images), size=min(count, len(images)), replace=False)
+    pair = np.concatenate([np.asarray(images)[pick], np.asarray(rotated)[pick]])
+    titles = ["original"] * len(pick) + ["rotated"] * len(pick)
+    return image_grid(pair, titles, columns=len(pick), path=path, cell=1.5)
+
+
+def augmentation_preview(
+    images: np.ndarray,
+    augment,
+    labels: np.ndarray | None = None,
+    count: int = 4,
+    variants: int = 5,
+    path: str | os.PathLike | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> Figure:
+    """One row per image: the original, then ``variants`` augmented versions of it (each drawn anew)."""
+    from cnnlab.augment import augment_array  # here, so the other figures need no torch
+
+    originals = np.asarray(images, dtype=np.float32)[:count]
+    augmented = augment_array(augment, np.repeat(originals, variants, axis=0))
+    rows = np.concatenate([originals[:, None], augmented.reshape(len(originals), variants, *originals.shape[1:])], 1)
+    titles = []
+    for i in range(len(originals)):
+        name = f" ({class_names[int(labels[i])]})" if labels is not None else ""
+        titles += [f"original{name}"] + [f"augmented {v + 1}" for v in range(variants)]
+    return image_grid(rows.reshape(-1, *originals.shape[1:]), titles, columns=variants + 1, path=path, cell=1.6)
+
+
+def misclassified_gallery(
+    images: np.ndarray,
+    mistakes,
+    count: int = 18,
+    path: str | os.PathLike | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> Figure:
+    """The model's most confident mistakes (an ``evaluation.Misclassified``), titled true/predicted/confidence."""
+    shown = range(min(count, len(mistakes)))
+    titles = [
+        f"true: {class_names[mistakes.true[i]]}\n"
+        f"pred: {class_names[mistakes.predicted[i]]} ({mistakes.confidence[i]:.1%})"
+        for i in shown
+    ]
+    return image_grid(np.asarray(images)[mistakes.indices[: len(shown)]], titles, path=path, cell=2.0)
+
+
+def confusion_matrix_figure(
+    matrix: np.ndarray,
+    class_names: Sequence[str] = CLASS_NAMES,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Counts of (true, predicted) classes as a heat map with the numbers written in (scikit-learn's display)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(8, 7))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, values_format="d", colorbar=True
+    )
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _finish(fig, path)

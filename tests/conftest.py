@@ -15,6 +15,14 @@ os.environ.setdefault("CNNLAB_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    """Apply $CNNLAB_THREADS once: torch otherwise takes every core and spin-waits on a busy machine."""
+    from cnnlab.device import configure_threads
+
+    configure_threads()
+
+
 def _shared_dir() -> Path:
     return Path(os.environ.get("CNNLAB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
