@@ -24,9 +24,13 @@ _EXPORTS = {
     "cnnlab.device": ["configure_threads", "describe_devices", "measure_conv_throughput", "pick_device"],
     "cnnlab.errors": ["CnnlabError", "ConfigError", "DataError", "TrainingDiverged"],
     "cnnlab.models": ["build_cnn", "load_model"],
-    "cnnlab.plots": ["plot_results", "sample_grid"],
+    "cnnlab.plots": ["augmentation_preview", "confusion_matrix_figure", "misclassified_gallery", "plot_results",
+                     "rotation_preview", "sample_grid"],
     "cnnlab.training": ["Callback", "EarlyStopping", "History", "Model"],
     "cnnlab.carbon": ["CarbonCallback", "CarbonSettings", "carbon_sweep"],
+    "cnnlab.augment": ["Augmentation", "parse_augment_spec"],
+    "cnnlab.evaluation": ["confusion_matrix", "evaluate_rotated", "evaluate_sizes", "misclassified", "myrotate",
+                          "per_class_accuracy", "rotation_robustness_table"],
     "cnnlab.tuning": ["TuneSettings", "load_space", "parse_space", "tune"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
