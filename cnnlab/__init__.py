@@ -31,6 +31,8 @@ _EXPORTS = {
     "cnnlab.augment": ["Augmentation", "parse_augment_spec"],
     "cnnlab.evaluation": ["confusion_matrix", "evaluate_rotated", "evaluate_sizes", "misclassified", "myrotate",
                           "per_class_accuracy", "rotation_robustness_table"],
+    "cnnlab.pretrained": ["classify_photos", "decode_predictions", "load_resnet50", "preprocess_input",
+                          "transfer_learning"],
     "cnnlab.tuning": ["TuneSettings", "load_space", "parse_space", "tune"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
