@@ -7,24 +7,24 @@ batch 128. Both on the lab's 7,500 training images. The two loops alternate epoc
 noise hits both alike; the table reports medians and the ratio cnnlab / hand-written (target <= 1.05).
 Peak resident memory of the process is printed as well (target < 1.5 GB).
 
-``--keras`` adds the lab's Keras/TensorFlow setup when TensorFlow imports (a separate environment:
-``pip install tensorflow-cpu``); its epoch time is measured in the same run.
+``--keras-python PATH`` adds the lab's Keras/TensorFlow setup, run by the Python of a separate
+environment that has TensorFlow (``python -m venv /tmp/tf && /tmp/tf/bin/pip install tensorflow-cpu``);
+it gets the same images through a temporary .npz file and is timed in the same run, after a warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from cnnlab.data import load_lab_data
-from cnnlab.device import configure_threads
-from cnnlab.models import build_cnn
 
 MODELS = {
     "A": (dict(n_conv_layers=2, n_filters=16, n_dense_layers=0), 20),
@@ -32,8 +32,11 @@ MODELS = {
 }
 
 
-def hand_written_epoch(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator) -> float:
+def hand_written_epoch(model, x, y, batch_size: int, generator) -> float:
     """The smallest honest loop: shuffle, slice, forward, cross-entropy, backward, step."""
+    import torch
+    import torch.nn.functional as F
+
     network, optimizer = model.network, model.optimizer
     network.train()
     started = time.perf_counter()
@@ -81,11 +84,36 @@ def keras_epoch_times(config: dict, batch_size: int, x: np.ndarray, y: np.ndarra
     return times
 
 
+def keras_in_other_python(python: str, name: str, x, y, rounds: int, threads: int) -> float:
+    """Run keras_epoch_times under another interpreter (the one with TensorFlow) on the same images."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(f"{tmp}/data.npz", x=x, y=y)
+        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
+               "TF_CPP_MIN_LOG_LEVEL": "3"}
+        result = subprocess.run([python, __file__, "--keras-worker", f"{tmp}/data.npz", name, str(rounds)],
+                                env=env, capture_output=True, text=True, check=True)
+    return statistics.median(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def keras_worker(path: str, name: str, rounds: int) -> None:
+    data = np.load(path)
+    config, batch_size = MODELS[name]
+    print(json.dumps(keras_epoch_times(config, batch_size, data["x"], data["y"], rounds)))
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--keras-worker":
+        return keras_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    import torch
+
+    from cnnlab.data import load_lab_data
+    from cnnlab.device import configure_threads
+    from cnnlab.models import build_cnn
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--keras", action="store_true", help="also time Keras/TensorFlow (needs tensorflow)")
+    parser.add_argument("--keras-python", help="a Python with TensorFlow, to time the lab's Keras setup too")
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     data = load_lab_data()
@@ -103,18 +131,14 @@ def main() -> None:
             times_hand.append(hand_written_epoch(theirs, x_t, y_t, batch_size, generator))
         row = {"model": name, "batch": batch_size, "cnnlab_s": statistics.median(times_ours),
                "hand_s": statistics.median(times_hand)}
-        if args.keras:
-            try:
-                row["keras_s"] = statistics.median(
-                    keras_epoch_times(config, batch_size, data.x_train, data.y_train, args.rounds)
-                )
-            except ImportError:
-                print("TensorFlow is not installed here: Keras column skipped (pip install tensorflow-cpu)")
+        if args.keras_python:
+            row["keras_s"] = keras_in_other_python(args.keras_python, name, data.x_train, data.y_train,
+                                                   args.rounds, threads)
         rows.append(row)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nEpoch time on 7,500 images, CPU, {threads} threads, median of {args.rounds} interleaved rounds\n")
     header = "| model | batch | cnnlab fit (s) | hand-written loop (s) | ratio cnnlab/hand |"
-    if args.keras and any("keras_s" in r for r in rows):
+    if args.keras_python:
         header += " Keras/TF (s) | Keras/cnnlab |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
