@@ -1,4 +1,4 @@
-"""`cnnlab lab`: run the lab's parts in order and write the report."""
+"""`cnnlab lab`: run the lab's parts in order and write the report (HTML and Markdown)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "lab",
         help="run the whole lab and write a report",
-        description="Run every part of the lab in order and write a report with figures, tables and the lab's "
-        "questions answered from this run's measurements. Finished parts are reused on a rerun, so a killed "
-        "run continues where it stopped.",
+        description="Run every part of the lab in order and write a self-contained HTML report (and a Markdown "
+        "twin) with figures, tables and the lab's questions answered from this run's measurements. Finished "
+        "parts are reused on a rerun, so a killed run continues where it stopped. A part whose input is "
+        "missing is skipped, and the report says how to provide it.",
     )
     parser.add_argument("--out", type=Path, default=Path("lab-report"), help="report folder (default: lab-report)")
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and images: minutes instead of an hour")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and settings: minutes instead of an hour")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: a few hundred images
     parser.add_argument("--data", type=Path, help="CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10 or download)")
+    parser.add_argument("--photos", type=Path, help="folder of photos for ResNet50 (default: $CNNLAB_PHOTOS)")
+    parser.add_argument("--weights", type=Path, help="ResNet50 ImageNet weights (default: $CNNLAB_RESNET50_WEIGHTS)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--no-carbon", action="store_true", help="do not track the energy of training runs")
     parser.add_argument("--only", nargs="+", metavar="PART", help="run only these parts (names as printed)")
     parser.add_argument("--fresh", action="store_true", help="redo every part instead of reusing finished ones")
     parser.set_defaults(func=run)
@@ -28,8 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     from cnnlab.errors import ConfigError
     from cnnlab.lab import LabContext, discover_parts, run_parts
-    from cnnlab.report import write_report
+    from cnnlab.report import ReportInfo, write_report
 
+    for option, path in (("--data", args.data), ("--photos", args.photos), ("--weights", args.weights)):
+        if path is not None and not path.exists():
+            raise ConfigError(f"{option} {path} does not exist; give an existing path or leave {option} out")
     parts = discover_parts()
     if args.only:
         unknown = sorted(set(args.only) - {key for key, _ in parts})
@@ -39,8 +47,17 @@ def run(args: argparse.Namespace) -> int:
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out / "parts", ignore_errors=True)
         shutil.rmtree(args.out / "runs", ignore_errors=True)
-    ctx = LabContext(out=args.out, quick=args.quick, data_source=args.data, device=args.device)
+    ctx = LabContext(
+        out=args.out,
+        quick=args.quick,
+        tiny=args.tiny,
+        data_source=args.data,
+        photos=args.photos,
+        weights=args.weights,
+        device=args.device,
+        carbon=not args.no_carbon,
+    )
     sections = run_parts(ctx, parts)
-    report = write_report(sections, args.out)
-    print(f"Report: {report}")
+    html_report, markdown_report = write_report(sections, args.out, ReportInfo.for_run(ctx, sections))
+    print(f"Report: {html_report} (Markdown: {markdown_report})")
     return 0

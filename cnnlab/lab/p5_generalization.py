@@ -1,0 +1,270 @@
+"""Part 5: Model generalization.
+
+Rotated test images, training with augmentation, the model's mistakes and other input sizes. The lab's
+best configuration of part 4 (run E) is tested on rotated images; the same configuration is trained
+again with on-the-fly augmentation, and once with global average pooling instead of Flatten so that it
+accepts any image size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.augment import Augmentation
+from cnnlab.data import CLASS_NAMES
+from cnnlab.errors import DataError
+from cnnlab.evaluation import (
+    LAB_SIZES,
+    confusion_matrix,
+    evaluate_rotated,
+    evaluate_sizes,
+    misclassified,
+    myrotate,
+    per_class_accuracy,
+    resize_images,
+)
+from cnnlab.lab import LabContext, Section, Table, accuracy_caveat
+from cnnlab.lab.p4_cnn import LAB_RUNS
+from cnnlab.plots import (
+    augmentation_preview,
+    confusion_matrix_figure,
+    misclassified_gallery,
+    plot_results,
+    rotation_preview,
+)
+
+ESTIMATED_SECONDS = {"full": 480, "quick": 120, "tiny": 15}
+BEST_RUN = "E"  # part 4's best configuration in the lab: 2 conv, dense 32, dropout, batch 128
+LAB_EPOCHS = (20, 4)  # full and quick, as part 4 trains run E
+# The lab's kind of ImageDataGenerator: small rotations and shifts, and mirror images.
+LAB_AUGMENTATION = dict(rotation_range=15, width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)
+
+
+def _epochs_to_reach(accuracies: list[float], level: float) -> int | None:
+    return next((epoch for epoch, value in enumerate(accuracies, 1) if value >= level), None)
+
+
+def _epochs_text(epochs: int | None) -> str:
+    return "never, within the epochs trained" if epochs is None else f"after {epochs} epoch{'s' * (epochs > 1)}"
+
+
+def _size_refusal(model, x, y, size: int) -> str:
+    """What a Flatten model says when it is given images of another size."""
+    try:
+        model.evaluate(resize_images(x[:8], size), y[:8])
+    except DataError as error:
+        return str(error)
+    return "accepted"
+
+
+def run(ctx: LabContext) -> Section:
+    data = ctx.lab_data()
+    caveat = accuracy_caveat(data.source)
+    label, build, batch_size = LAB_RUNS[BEST_RUN]
+    epochs = ctx.epochs(*LAB_EPOCHS)
+    model, history = ctx.trained_model(BEST_RUN, build, batch_size, epochs)
+
+    # 5.0 rotated test images
+    rotated = evaluate_rotated(model, data.x_test, data.y_test)
+    rotation_preview(data.x_test, myrotate(data.x_test), path=ctx.path("figures", "rotated.png"))
+
+    # 5.1-5.2 the same configuration trained with augmentation
+    augment = Augmentation(**LAB_AUGMENTATION, seed=0)
+    augmentation_preview(
+        data.x_train,
+        Augmentation(**LAB_AUGMENTATION, seed=1),
+        labels=data.y_train,
+        path=ctx.path("figures", "augmented_examples.png"),
+    )
+    augmented, augmented_history = ctx.trained_model(f"{BEST_RUN}_augmented", build, batch_size, epochs, augment)
+    plot_results(augmented_history, ctx.path("figures", "run_augmented.png"), title=f"{label}, with augmentation")
+    augmented_test = augmented.evaluate(data.x_test, data.y_test)[1]
+    augmented_rotated = evaluate_rotated(augmented, data.x_test, data.y_test)["rotated"]
+
+    # 5.x the augmented model's mistakes
+    probabilities = augmented.predict(data.x_test)
+    mistakes = misclassified(data.y_test, probabilities)
+    misclassified_gallery(data.x_test, mistakes, path=ctx.path("figures", "misclassified.png"))
+    confusion_matrix_figure(
+        confusion_matrix(data.y_test, probabilities),
+        path=ctx.path("figures", "confusion.png"),
+        title="Augmented model on the test images",
+    )
+    per_class = per_class_accuracy(data.y_test, probabilities)
+    worst_class = min(per_class, key=lambda name: per_class[name])
+    best_class = max(per_class, key=lambda name: per_class[name])
+    true_name, predicted_name = _most_common_confusion(mistakes)
+
+    # 5.3 other input sizes: the Flatten model refuses them, a global-average-pooling twin accepts them
+    other_size = next(size for size in LAB_SIZES if size != data.x_test.shape[1])
+    refusal = _size_refusal(model, data.x_test, data.y_test, other_size)
+    pooled, _ = ctx.trained_model(f"{BEST_RUN}_gap", {**build, "head": "gap"}, batch_size, epochs)
+    sizes = evaluate_sizes(pooled, data.x_test, data.y_test, LAB_SIZES)
+    best_size = max(sizes, key=sizes.get)
+    side = data.x_test.shape[1]
+    conv_blocks, last_filters = build["n_conv_layers"], build["n_filters"] * 2 ** (build["n_conv_layers"] - 1)
+    flatten_inputs = {size: (size // 2**conv_blocks) ** 2 * last_filters for size in (side, other_size)}
+
+    # The lab's first 10,000 training images, and all 50,000, as float32 arrays.
+    in_memory = data.x_train.nbytes + data.x_val.nbytes
+    all_train = 50_000 * int(np.prod(data.x_train.shape[1:])) * data.x_train.itemsize
+    plain_acc, augmented_acc = history["accuracy"], augmented_history["accuracy"]
+    level = round(0.9 * min(plain_acc[-1], augmented_acc[-1]), 2)
+    plain_gap = plain_acc[-1] - history["val_accuracy"][-1]
+    augmented_gap = augmented_acc[-1] - augmented_history["val_accuracy"][-1]
+    unused = [k for k in Augmentation(seed=None).config() if k not in {*LAB_AUGMENTATION, "fill_mode", "cval", "seed"}]
+
+    answers = [
+        (
+            "24. What is the test accuracy on rotated test images, compared to unrotated ones? Why the difference?",
+            f"Run {BEST_RUN} ({label}) scores {rotated['original']:.1%} on the test images and "
+            f"{rotated['rotated']:.1%} on the same images turned 90 degrees{caveat}: {abs(rotated['drop']):.1%} points "
+            f"{'lower' if rotated['drop'] >= 0 else 'higher'}, where guessing would score 10%. The filters learned "
+            "what upright objects look like (sky above, wheels and legs below); no training image showed them "
+            "turned, and neither convolution nor pooling is invariant to rotation. The model trained with "
+            f"augmentation (rotations of at most {LAB_AUGMENTATION['rotation_range']} degrees) scores "
+            f"{augmented_rotated:.1%} on the turned images, "
+            + (
+                "so small rotations help a little with quarter turns."
+                if augmented_rotated > rotated["rotated"] + 0.02
+                else "so small rotations do not teach quarter turns."
+            ),
+        ),
+        (
+            "25. How would you change the image generator if the training images did not fit in memory? The drawback?",
+            f"Here they fit easily: the {len(data.x_train) + len(data.x_val):,} training and validation images take "
+            f"{in_memory / 2**20:.0f} MB as float32, all 50,000 CIFAR-10 training images {all_train / 2**20:.0f} MB. "
+            "If they did not, the generator would read each batch from disk as it is needed (Keras' "
+            "flow_from_directory, or a PyTorch Dataset that loads files in __getitem__) instead of flow() on an "
+            "array. The drawback: every epoch reads and decodes every image again, so training waits on the disk "
+            "and the CPU (worker processes and prefetching hide part of that).",
+        ),
+        (
+            "26. How fast does the training accuracy rise with augmentation, compared to without? Why? What to change "
+            "to train more?",
+            f"Without augmentation the training accuracy reaches {level:.0%} "
+            f"{_epochs_text(_epochs_to_reach(plain_acc, level))} and ends at {plain_acc[-1]:.1%} after "
+            f"{len(plain_acc)}; with augmentation it reaches {level:.0%} "
+            f"{_epochs_text(_epochs_to_reach(augmented_acc, level))} and ends at {augmented_acc[-1]:.1%}. "
+            + (
+                "So it rises more slowly with augmentation: "
+                if augmented_acc[-1] < plain_acc[-1]
+                else "Here it did not rise more slowly (too few epochs for memorising to show), though in general "
+            )
+            + "each epoch shows the network new variants of every image, so it cannot memorise them. The gap "
+            f"between training and validation accuracy went from {plain_gap:+.1%} without to {augmented_gap:+.1%} "
+            f"with augmentation; test accuracy from {rotated['original']:.1%} to {augmented_test:.1%}{caveat}. To "
+            "train more, raise the number of epochs (the steps per epoch stay the training-set size divided by "
+            "the batch size).",
+        ),
+        (
+            "27. What other augmentations could be used?",
+            f"This run used {', '.join(f'{k}={v}' for k, v in LAB_AUGMENTATION.items())}. cnnlab's Augmentation "
+            f"also offers (unused here): {', '.join(unused)}, and the fill modes nearest/constant/reflect/wrap. "
+            "Beyond Keras' generator: random crops with padding, cutout/random erasing, mixup and cutmix, colour "
+            "jitter (saturation, hue, contrast), Gaussian noise and blur, and learned policies such as AutoAugment or "
+            "RandAugment.",
+        ),
+        (
+            "28. This CNN was trained on 32 x 32 images: can it be applied to images of another size?",
+            f"Not as built: Flatten turns the last {side // 2**conv_blocks} x {side // 2**conv_blocks} x "
+            f"{last_filters} feature map into {flatten_inputs[side]:,} numbers, and the dense layer after it has "
+            f"exactly that many inputs per node. At {other_size} x {other_size} the map would give "
+            f"{flatten_inputs[other_size]:,}. Asked to, cnnlab refuses: \u201c{refusal}\u201d",
+        ),
+        (
+            "29. Can a CNN be trained on one size and applied to any size? How?",
+            "Yes, if nothing in it depends on the size: convolutions and pooling do not, so replace Flatten with "
+            "global average pooling (one number per channel, whatever the map's size) or make the classifier "
+            "convolutional (1x1 convolutions, a fully convolutional network). The same configuration with global "
+            f"average pooling, trained on {side} x {side} images, scores "
+            + ", ".join(f"{accuracy:.1%} at {size} x {size}" for size, accuracy in sizes.items())
+            + f"{caveat}. It runs at every size. "
+            + (
+                f"At {side} x {side} it scores {sizes[side]:.1%} against {rotated['original']:.1%} for run {BEST_RUN} "
+                "with Flatten: averaging away where features are costs a network this small accuracy. "
+                if sizes.get(side, 1.0) < rotated["original"] - 0.02
+                else ""
+            )
+            + (
+                f"It is best at {side} x {side}, the size it was trained on, where objects have the sizes its filters "
+                "learned."
+                if best_size == side
+                else f"Here it is best at {best_size} x {best_size}, not at the {side} x {side} it was trained on."
+            ),
+        ),
+        (
+            "Which test images does the augmented model get wrong?",
+            f"{len(mistakes):,} of {len(data.x_test):,} ({len(mistakes) / len(data.x_test):.1%}). The most frequent "
+            f"mistake: {true_name} predicted as {predicted_name}; per class, {best_class} is recognised best "
+            f"({per_class[best_class]:.1%}) and {worst_class} worst ({per_class[worst_class]:.1%}). The gallery "
+            "shows the mistakes the model was surest of.",
+        ),
+    ]
+    return Section(
+        key="generalization",
+        title="Part 5: Model generalization",
+        intro=f"Run {BEST_RUN} of part 4 ({label}, {epochs} epochs) on rotated test images; the same "
+        f"configuration trained with augmentation ({', '.join(f'{k}={v}' for k, v in LAB_AUGMENTATION.items())}) "
+        f"and with global average pooling instead of Flatten. {len(data.x_test):,} test images{caveat}.",
+        figures=[
+            ("figures/rotated.png", "Test images (top) and the same images turned 90 degrees (bottom)"),
+            ("figures/augmented_examples.png", "Training images and augmented versions of them"),
+            ("figures/run_augmented.png", "Training with augmentation: loss and accuracy per epoch"),
+            ("figures/misclassified.png", "The augmented model's most confident mistakes"),
+            ("figures/confusion.png", "Confusion matrix of the augmented model on the test images"),
+        ],
+        tables=[
+            Table(
+                "Test accuracy",
+                ["model", "test images", "turned 90 degrees"],
+                [
+                    [f"run {BEST_RUN}: {label}", f"{rotated['original']:.3f}", f"{rotated['rotated']:.3f}"],
+                    ["same, with augmentation", f"{augmented_test:.3f}", f"{augmented_rotated:.3f}"],
+                ],
+            ),
+            Table(
+                "Training accuracy per epoch",
+                ["epoch", "without augmentation", "with augmentation"],
+                [
+                    [i + 1, f"{a:.3f}", f"{b:.3f}"]
+                    for i, (a, b) in enumerate(zip(plain_acc, augmented_acc, strict=False))
+                ],
+            ),
+            Table(
+                "Accuracy per class (augmented model)",
+                ["class", "accuracy"],
+                [[name, f"{value:.3f}"] for name, value in per_class.items()],
+            ),
+            Table(
+                "Global-average-pooling model at other input sizes",
+                ["size", "test accuracy"],
+                [[f"{size} x {size}", f"{accuracy:.3f}"] for size, accuracy in sizes.items()],
+            ),
+        ],
+        answers=answers,
+        facts={
+            "rotated": rotated,
+            "augmented": {
+                "test_accuracy": augmented_test,
+                "rotated_accuracy": augmented_rotated,
+                "train_accuracy": augmented_acc,
+                "val_accuracy": augmented_history["val_accuracy"],
+            },
+            "plain_train_accuracy": plain_acc,
+            "misclassified": len(mistakes),
+            "most_confused": [true_name, predicted_name],
+            "per_class_accuracy": per_class,
+            "best_and_worst_class": [best_class, worst_class],
+            "sizes": {str(size): accuracy for size, accuracy in sizes.items()},
+        },
+    )
+
+
+def _most_common_confusion(mistakes) -> tuple[str, str]:
+    pairs = np.stack([mistakes.true, mistakes.predicted], axis=1) if len(mistakes) else np.zeros((0, 2), int)
+    if not len(pairs):
+        return "", ""
+    values, counts = np.unique(pairs, axis=0, return_counts=True)
+    true, predicted = values[counts.argmax()]
+    return CLASS_NAMES[true], CLASS_NAMES[predicted]
