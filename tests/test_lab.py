@@ -250,7 +250,9 @@ def test_part6_compares_batch_sizes_and_lists_the_lab_runs(tmp_path):
     assert [row[0] for row in section.facts["runs"]] == ["E"]
 
 
-def test_part7_counts_resnet50_without_weights_or_photos(tmp_path):
+def test_part7_counts_resnet50_without_weights_or_photos(tmp_path, monkeypatch):
+    monkeypatch.delenv("CNNLAB_PHOTOS", raising=False)
+    monkeypatch.delenv("CNNLAB_RESNET50_WEIGHTS", raising=False)
     (section,) = run_parts(tiny_context(tmp_path), [("resnet", p7_resnet.run)], live=False)
     answers = answers_of(section)
     assert answers["31"].startswith("53 Conv2D layers: 49 on the main path")

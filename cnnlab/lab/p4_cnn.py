@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from cnnlab.lab import LabContext, Section, Table
-from cnnlab.models import build_cnn
 from cnnlab.plots import plot_results
 from cnnlab.summary import summary_rows
+
+ESTIMATED_SECONDS = {"full": 420, "quick": 200, "tiny": 15}
 
 LAB_RUNS = {
     "A": ("2 conv, no dense", dict(n_conv_layers=2, n_filters=16, n_dense_layers=0), 20),
@@ -18,27 +19,21 @@ LAB_RUNS = {
 }
 
 
-def train_run(ctx: LabContext, key: str, build: dict, batch_size: int, epochs: int, **fit_options) -> dict:
-    """Train one configuration in its own resumable run folder and measure train/val/test accuracy."""
+def train_run(ctx: LabContext, key: str, build: dict, batch_size: int, epochs: int) -> dict:
+    """Train (or reload) one configuration in its own resumable run folder and measure its accuracies."""
     data = ctx.lab_data()
-    model = build_cnn(input_shape=data.x_train.shape[1:], learning_rate=0.01, device=ctx.device, **build)
-    callbacks = list(fit_options.pop("callbacks", [])) + ctx.training_callbacks()
-    history = model.fit(
-        data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, validation_data=(data.x_val, data.y_val),
-        run_dir=ctx.out / "runs" / key, resume=True, verbose=2, callbacks=callbacks, **fit_options,
-    )
+    model, history = ctx.trained_model(key, build, batch_size, epochs)
     plot_results(history, ctx.path("figures", f"run_{key}.png"), title=f"run {key}")
     counts = model.count_params()
     test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test)
     result = {
         "key": key, "batch_size": batch_size, "epochs": epochs, "params": counts.total, "trainable": counts.trainable,
         "train_accuracy": model.evaluate(data.x_train, data.y_train)[1],
-        "val_accuracy": history.history["val_accuracy"][-1],
-        "best_val_accuracy": max(history.history["val_accuracy"]),
+        "val_accuracy": history["val_accuracy"][-1],
+        "best_val_accuracy": max(history["val_accuracy"]),
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
     }
-    ctx.cache.setdefault("models", {})[key] = model
     return result
 
 
