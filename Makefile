@@ -11,7 +11,7 @@ SHARED_ABS := $(abspath $(SHARED))
 DATA_ENV := CNNLAB_CIFAR10=$${CNNLAB_CIFAR10:-$(if $(wildcard $(SHARED)/datasets/cifar-10-binary-lossy.tar.xz),$(SHARED_ABS)/datasets/cifar-10-binary-lossy.tar.xz,)} \
 	CNNLAB_PHOTOS=$${CNNLAB_PHOTOS:-$(if $(wildcard $(SHARED)/photos),$(SHARED_ABS)/photos,)} \
 	CNNLAB_RESNET50_WEIGHTS=$${CNNLAB_RESNET50_WEIGHTS:-$$(bash scripts/fetch_resnet_weights.sh || true)}
-TEST_ENV := $(DATA_ENV) CNNLAB_SHARED=$${CNNLAB_SHARED:-$(SHARED_ABS)} CNNLAB_THREADS=$${CNNLAB_THREADS:-2}
+TEST_ENV := $(DATA_ENV) CNNLAB_SHARED=$${CNNLAB_SHARED:-$(SHARED_ABS)} CNNLAB_THREADS=$${CNNLAB_THREADS:-1}
 
 .PHONY: setup lab test lint clean
 
