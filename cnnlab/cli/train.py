@@ -67,6 +67,13 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the killed run in --out from its last epoch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
+    parser.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help="train a recipe (cnnlab.recipes) instead of the lab's CNN: 'fast' (its own network, sized for 10 "
+        "minutes on 2 CPU cores), 'lab' (the lab's model B with the recipe's training) or 'gpu' (full CIFAR-10 on "
+        "a GPU); only --seed, --epochs, --batch-size and the data flags apply",
+    )
     defaults = {**build_keys(), **FIT_KEYS, **DATA_KEYS}
     for key, default in defaults.items():
         kwargs = {"default": None, "help": f"{HELP.get(key, key)} (default: {default})"}
@@ -101,18 +108,20 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from cnnlab.data import load_lab_data
     from cnnlab.models import build_cnn
-    from cnnlab.plots import plot_results, sample_grid
-    from cnnlab.training import EarlyStopping, write_json
+    from cnnlab.training import EarlyStopping
 
     settings = resolve_settings(args)
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.resume and not (out / "checkpoint.pt").exists():
         raise ConfigError(f"--resume: no checkpoint in {out}; give the run folder of the killed run with --out")
     carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
+    recipe = _recipe(args, settings) if args.recipe else None
     data = load_lab_data(
         settings["data"], settings["n_train_val"], settings["n_test"], settings["val_fraction"], settings["split_seed"]
     )
     print(f"Data: {data.summary()}")
+    if recipe:
+        return _run_recipe(args, recipe, settings, data, out, carbon)
     build_args = {k: settings[k] for k in build_keys()}
     model = build_cnn(input_shape=data.x_train.shape[1:], device=args.device, **build_args)
     model.summary()
@@ -136,9 +145,18 @@ def run(args: argparse.Namespace) -> int:
         augment=augment,
     )
     test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test)
+    return _report(out, data, history, test_loss, test_accuracy)
+
+
+def _report(out: Path, data, history, test_loss: float, test_accuracy: float, extra: dict | None = None) -> int:
+    """Add the test results to metrics.json, draw the figures and print where everything is."""
+    from cnnlab.plots import plot_results, sample_grid
+    from cnnlab.training import write_json
+
     metrics_path = out / "metrics.json"
     metrics = {
         **_read_json(metrics_path),
+        **(extra or {}),
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
         "data_source": data.source,
@@ -151,6 +169,45 @@ def run(args: argparse.Namespace) -> int:
     print(f"Run folder: {out}")
     print(f"Figures: {out / 'results.png'}, {out / 'samples.png'}")
     return 0
+
+
+RECIPE_KEYS = {"seed", "epochs", "batch_size", *DATA_KEYS}
+
+
+def _recipe(args: argparse.Namespace, settings: dict):
+    """The named recipe with the user's --epochs/--batch-size; other model or training flags are refused."""
+    from dataclasses import replace
+
+    from cnnlab.recipes import get_recipe
+
+    given = {k for k, v in vars(args).items() if v is not None and k in settings}
+    if args.config:
+        given |= set(tomllib.loads(Path(args.config).read_text()))
+    refused = sorted(given - RECIPE_KEYS)
+    if refused:
+        raise ConfigError(
+            f"--recipe {args.recipe} brings its own network and training settings; drop "
+            + ", ".join(_flag(k) for k in refused)
+            + " (only --seed, --epochs, --batch-size and the data flags apply)"
+        )
+    return replace(get_recipe(args.recipe), **{k: settings[k] for k in ("epochs", "batch_size") if k in given})
+
+
+def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Path, callbacks: list) -> int:
+    """Train the recipe's network with its schedule, augmentation and EMA; test with its TTA."""
+    from cnnlab.recipes import build_model, evaluate_tta, fit_recipe
+
+    seed = settings["seed"]
+    model = build_model(recipe, data.x_train, seed, args.device)
+    model.summary()
+    history = fit_recipe(
+        model, data, recipe, seed, callbacks=callbacks, verbose=2 if args.quiet else 1, run_dir=out, resume=args.resume
+    )
+    val = evaluate_tta(model, data.x_val, data.y_val, recipe.tta)
+    test = evaluate_tta(model, data.x_test, data.y_test, recipe.tta)
+    print(f"Validation accuracy (TTA): {val['accuracy']:.4f}")
+    extra = {"recipe": args.recipe, "tta": recipe.tta, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+    return _report(out, data, history, test["loss"], test["accuracy"], extra)
 
 
 def _read_json(path: Path) -> dict:
