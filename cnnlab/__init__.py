@@ -33,6 +33,7 @@ _EXPORTS = {
                           "per_class_accuracy", "rotation_robustness_table"],
     "cnnlab.pretrained": ["classify_photos", "decode_predictions", "load_resnet50", "preprocess_input",
                           "transfer_learning"],
+    "cnnlab.recipes": ["RECIPES", "Recipe", "evaluate_tta", "fit_recipe", "load_recipe_model", "train_recipe"],
     "cnnlab.tuning": ["TuneSettings", "load_space", "parse_space", "tune"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
