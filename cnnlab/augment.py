@@ -41,6 +41,18 @@ _DRAWS = (
 )
 
 
+
+def device_generator(generators: dict, device: torch.device, seed: int | None) -> torch.Generator:
+    """One random generator per device, seeded once (or from entropy when seed is None), kept in ``generators``."""
+    if device not in generators:
+        generator = torch.Generator(device=device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        generators[device] = generator
+    return generators[device]
+
 class Augmentation:
     """A seeded, per-sample random augmentation; call it on an NCHW float batch in [-1, 1].
 
@@ -137,14 +149,7 @@ class Augmentation:
 
     # ------------------------------------------------------------------ applying
     def _generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            generator = torch.Generator(device=device)
-            if self.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(self.seed)
-            self._generators[device] = generator
-        return self._generators[device]
+        return device_generator(self._generators, device, self.seed)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from cnnlab.augment import device_generator
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.models import build_cnn
 from cnnlab.training import Callback, History, Model
@@ -200,14 +201,7 @@ class CropFlip:
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            generator = torch.Generator(device)
-            if self.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(self.seed)
-            self._generators[device] = generator
-        return self._generators[device]
+        return device_generator(self._generators, device, self.seed)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
