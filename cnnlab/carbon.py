@@ -22,6 +22,7 @@ import csv
 import importlib.metadata
 import importlib.resources
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -555,36 +556,69 @@ def carbon_sweep(
     Each batch size trains once, for the largest epoch count: a run of 10 epochs passes through
     exactly the state of a 5-epoch run (same seed, same steps), so the 5-epoch row takes the energy
     of the first 5 epochs and the test accuracy after epoch 5. Test evaluation is not tracked.
-    ``data`` is a LabData (x/y train, val, test). With ``out_dir`` each batch size gets a run folder.
+    ``data`` is a LabData (x/y train, val, test). With ``out_dir`` each batch size gets a run folder,
+    and a rerun reuses the batch sizes that finished there.
     """
-    from cnnlab.models import build_cnn
-
     settings = settings or CarbonSettings()
     if not batch_sizes or not epochs_list or min(batch_sizes) < 1 or min(epochs_list) < 1:
         raise ConfigError(
             f"need positive batch sizes and epoch counts, got {list(batch_sizes)} and {list(epochs_list)}"
         )
     epochs_list = sorted(set(epochs_list))
+    setting = {"epochs": epochs_list, "seed": seed, "samples": len(data.x_train)}
     rows = []
     with tqdm(total=len(batch_sizes) * epochs_list[-1], desc="carbon sweep", unit="epoch",
               disable=None if progress else True) as bar:  # fmt: skip
         for batch_size in batch_sizes:
-            model = build_cnn(input_shape=data.x_train.shape[1:], seed=seed, device=device, **SWEEP_MODEL)
-            tracker = CarbonCallback(settings, verbose=False)
-            tests = _TestAccuracyAt(set(epochs_list), data.x_test, data.y_test, bar)
-            model.fit(
-                data.x_train, data.y_train, batch_size=batch_size, epochs=epochs_list[-1], verbose=0,
-                validation_data=(data.x_val, data.y_val), callbacks=[tracker, tests], seed=seed,
-                run_dir=Path(out_dir) / f"batch-{batch_size}" if out_dir else None,
-            )  # fmt: skip
-            report = tracker.report
-            status = f"failed: {report.error}" if report.error else report.status
-            for epochs in epochs_list:
-                spent = [EpochEnergy(e["seconds"], e["energy_kwh"], e["co2eq_g"]) for e in report.epochs[:epochs]]
-                amounts = _amounts(*_sums(spent)) if status == "complete" else dict.fromkeys(_amounts(0, 0, 0))
-                rows.append(SweepRow(batch_size, epochs, tests.accuracy[epochs], method=report.method,
-                                     status=status, **amounts))  # fmt: skip
+            run_dir = Path(out_dir) / f"batch-{batch_size}" if out_dir else None
+            finished = _finished_sweep_rows(run_dir, setting)
+            if finished is None:
+                finished = _sweep_one(data, batch_size, setting, settings, device, run_dir, bar)
+            else:
+                bar.update(epochs_list[-1])
+            rows.extend(finished)
     return rows
+
+
+SWEEP_ROWS_FILE = "sweep_rows.json"
+
+
+def _sweep_one(data, batch_size, setting, settings, device, run_dir, bar) -> list[SweepRow]:
+    """Train one batch size for the largest epoch count; with a run folder, store its rows there so
+    that a rerun of a killed sweep skips the batch sizes that finished."""
+    from cnnlab.models import build_cnn
+
+    epochs_list, seed = setting["epochs"], setting["seed"]
+    model = build_cnn(input_shape=data.x_train.shape[1:], seed=seed, device=device, **SWEEP_MODEL)
+    tracker = CarbonCallback(settings, verbose=False)
+    tests = _TestAccuracyAt(set(epochs_list), data.x_test, data.y_test, bar)
+    model.fit(
+        data.x_train, data.y_train, batch_size=batch_size, epochs=epochs_list[-1], verbose=0,
+        validation_data=(data.x_val, data.y_val), callbacks=[tracker, tests], seed=seed, run_dir=run_dir,
+    )  # fmt: skip
+    report = tracker.report
+    status = f"failed: {report.error}" if report.error else report.status
+    rows = []
+    for epochs in epochs_list:
+        spent = [EpochEnergy(e["seconds"], e["energy_kwh"], e["co2eq_g"]) for e in report.epochs[:epochs]]
+        amounts = _amounts(*_sums(spent)) if status == "complete" else dict.fromkeys(_amounts(0, 0, 0))
+        rows.append(SweepRow(batch_size, epochs, tests.accuracy[epochs], method=report.method, status=status,
+                             **amounts))  # fmt: skip
+    if run_dir is not None and status == "complete":
+        write_json(run_dir / SWEEP_ROWS_FILE, {**setting, "rows": [asdict(r) for r in rows]})
+    return rows
+
+
+def _finished_sweep_rows(run_dir: Path | None, setting: dict) -> list[SweepRow] | None:
+    """The rows a finished run with the same ``setting`` (epochs, seed, training images) stored there;
+    None when the batch size must be trained."""
+    try:
+        stored = json.loads((run_dir / SWEEP_ROWS_FILE).read_text())
+    except (TypeError, OSError, ValueError):
+        return None
+    if any(stored.get(key) != value for key, value in setting.items()):
+        return None
+    return [SweepRow(**row) for row in stored["rows"]]
 
 
 SWEEP_COLUMNS = ("batch_size", "epochs", "test_accuracy", "seconds", "energy_kwh", "co2eq_g", "car_km", "method")

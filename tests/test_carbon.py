@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from cnnlab import carbon
 from cnnlab.carbon import (
     CAR_G_CO2EQ_PER_KM,
     ESTIMATED,
@@ -218,7 +219,7 @@ def test_a_resumed_run_predicts_the_remaining_epochs(tmp_path):
     assert [e["epoch"] for e in callback.report.epochs] == [3, 4]
 
 
-def test_carbon_sweep_rows_table_csv_and_plot(tmp_path):
+def test_carbon_sweep_rows_table_csv_and_plot(tmp_path, monkeypatch):
     x, y = _images(160)
     data = SimpleNamespace(
         x_train=x[:96], y_train=y[:96], x_val=x[96:128], y_val=y[96:128], x_test=x[128:], y_test=y[128:]
@@ -239,6 +240,15 @@ def test_carbon_sweep_rows_table_csv_and_plot(tmp_path):
         assert [int(r["batch_size"]) for r in csv.DictReader(handle)] == [16, 16, 48, 48]
     plot_carbon_sweep(rows, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A rerun (after a kill) reuses the batch sizes that finished and trains only the others.
+    (tmp_path / "batch-48" / "sweep_rows.json").unlink()
+    trained = []
+    monkeypatch.setattr(carbon, "_sweep_one", lambda data, batch, *args: trained.append(batch) or rows[2:])
+    assert carbon_sweep(data, (16, 48), (2, 1), settings, device="cpu", out_dir=tmp_path, progress=False) == rows
+    assert trained == [48]
+    carbon_sweep(data, (16,), (3,), settings, device="cpu", out_dir=tmp_path, progress=False)
+    assert trained == [48, 16]  # other epochs: not the stored run
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,11 @@ def _one_torch_thread():
     configure_threads()
 
 
+def test_configure_threads_flushes_denormal_floats():
+    configure_threads(1)
+    assert (torch.tensor([1e-39]) * 1.0).item() == 0.0  # a denormal float32 is read as zero
+
+
 def test_cpu_is_described_first_with_cores_and_threads():
     cpu = describe_devices()[0]
     assert cpu.device == "cpu"

@@ -136,6 +136,10 @@ def test_time_left_is_scaled_by_how_fast_finished_parts_were():
     assert clock.seconds_left(running="b", elapsed=100.0) == 300 + 600
     clock.finished("b", None)  # reused from an earlier run: says nothing about speed
     assert clock.speed_factor == 2 and clock.seconds_left() == 600
+    # By default a short part that ran fast barely moves the estimate of an hour-long rest.
+    clock = TimeLeft({"device": 30.0, "long": 3600.0})
+    clock.finished("device", 4.0)
+    assert 0.9 < clock.speed_factor < 1 and clock.seconds_left() > 3200
 
 
 def test_estimates_prefer_this_machines_stored_durations(tmp_path):

@@ -129,6 +129,26 @@ def test_weight_ema_decay_warms_up_to_the_given_value():
     assert np.all(np.diff(decays) >= 0)
 
 
+def test_weight_ema_every_few_steps_keeps_the_same_memory_in_steps():
+    network = nn.Linear(1, 1, bias=False)
+    ema = WeightEMA(decay=0.9, every=5)
+    ema.model = SimpleNamespace(network=network)
+    ema.on_train_begin()
+    averages = []
+    for step in range(400):
+        with torch.no_grad():
+            network.weight.fill_(float(step))
+        ema.on_train_batch_end(step)
+        averages.append(ema.average.module.weight.item())
+    assert ema.updates == 80  # steps 0, 5, 10, ...
+    assert averages[:5] == [0.0] * 5 and averages[5] > 0  # unchanged between updates
+    assert ema.current_decay() == pytest.approx(0.9**5)
+    # A steady ramp: an EMA lags by decay / (1 - decay) steps, here 9, whether it updates each step or each 5th.
+    assert 395 - averages[395] == pytest.approx(0.9 / 0.1 * 1, abs=2.5)
+    with pytest.raises(ConfigError, match="every"):
+        WeightEMA(every=0)
+
+
 def test_crop_flip_shifts_and_mirrors_each_image_on_its_own():
     images = torch.from_numpy(_images(64)).permute(0, 3, 1, 2)
     assert torch.equal(CropFlip(0, flip=False)(images), images)
@@ -179,6 +199,8 @@ def test_recipe_settings_are_checked():
         get_recipe("fastest")
     with pytest.raises(ConfigError, match="network"):
         Recipe(network="resnet")
+    with pytest.raises(ConfigError, match="ema_every"):
+        Recipe(ema_every=0)
 
 
 def test_lab_model_keeps_its_architecture():

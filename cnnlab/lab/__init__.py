@@ -235,10 +235,11 @@ class TimeLeft:
     slower than estimated the parts that ran in this process were (contention, a faster machine).
 
     The scale starts as if ``prior_seconds`` of parts had taken exactly their estimate, so one short
-    part that was quicker than its estimate does not shrink the estimates of the long ones.
+    part that was quicker than its estimate does not shrink the estimates of the long ones (with a
+    60 s prior, a 4 s part estimated at 30 s cut a full run's 46 minutes left to 32).
     """
 
-    def __init__(self, estimates: dict[str, float], prior_seconds: float = 60.0):
+    def __init__(self, estimates: dict[str, float], prior_seconds: float = 300.0):
         self.estimates = dict(estimates)
         self.pending = list(estimates)
         self._spent = self._estimated = prior_seconds

@@ -25,7 +25,7 @@ from cnnlab.lab import LabContext, Section, Table
 from cnnlab.models import build_cnn
 from cnnlab.summary import count_params
 
-ESTIMATED_SECONDS = {"full": 30, "quick": 10, "tiny": 5}
+ESTIMATED_SECONDS = {"full": 10, "quick": 5, "tiny": 5}
 # NVIDIA's RTX 3090 (GA102, compute capability 8.6): 82 streaming multiprocessors of 128 FP32 CUDA cores
 # each, and 24 GB of GDDR6X memory (NVIDIA's product page).
 RTX_3090 = {"multiprocessors": 82, "cores_per_multiprocessor": 128, "memory_gb": 24}

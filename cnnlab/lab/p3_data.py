@@ -6,7 +6,7 @@ from cnnlab.data import CLASS_NAMES, class_counts
 from cnnlab.lab import LabContext, Section, Table
 from cnnlab.plots import sample_grid
 
-ESTIMATED_SECONDS = {"full": 15, "quick": 15, "tiny": 5}
+ESTIMATED_SECONDS = {"full": 5, "quick": 5, "tiny": 5}
 
 
 def run(ctx: LabContext) -> Section:

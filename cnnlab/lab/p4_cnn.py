@@ -6,7 +6,7 @@ from cnnlab.lab import LabContext, Section, Table
 from cnnlab.plots import plot_results
 from cnnlab.summary import summary_rows
 
-ESTIMATED_SECONDS = {"full": 420, "quick": 200, "tiny": 15}
+ESTIMATED_SECONDS = {"full": 460, "quick": 100, "tiny": 15}
 
 LAB_RUNS = {
     "A": ("2 conv, no dense", dict(n_conv_layers=2, n_filters=16, n_dense_layers=0), 20),

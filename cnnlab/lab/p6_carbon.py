@@ -12,7 +12,7 @@ import math
 from cnnlab.carbon import CARBON_FILE, SWEEP_MODEL, CarbonSettings, carbon_sweep, plot_carbon_sweep
 from cnnlab.lab import LabContext, Section, Table, accuracy_caveat
 
-ESTIMATED_SECONDS = {"full": 420, "quick": 60, "tiny": 15}
+ESTIMATED_SECONDS = {"full": 125, "quick": 20, "tiny": 15}
 SWEEP_DIR = "carbon-sweep"
 # The lab's thought experiment (question 30).
 SERVICE_PARAMETERS = 100_000_000

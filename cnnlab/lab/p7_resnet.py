@@ -27,7 +27,7 @@ from cnnlab.pretrained import (
     resolve_weights_path,
 )
 
-ESTIMATED_SECONDS = {"full": 30, "quick": 30, "tiny": 30}
+ESTIMATED_SECONDS = {"full": 10, "quick": 10, "tiny": 30}
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # How ResNet50 was trained (He et al. 2015, as Keras' weights were): ImageNet's 1.28 million training
 # images, about 90 epochs; a backward pass costs about twice a forward pass.

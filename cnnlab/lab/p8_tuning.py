@@ -10,7 +10,7 @@ from __future__ import annotations
 from cnnlab.lab import LabContext, Section, Table, accuracy_caveat
 from cnnlab.tuning import TuneSettings, parse_space, tune
 
-ESTIMATED_SECONDS = {"full": 700, "quick": 120, "tiny": 20}
+ESTIMATED_SECONDS = {"full": 290, "quick": 35, "tiny": 20}
 SPACE = {
     "n_conv_layers": {"low": 1, "high": 4},
     "n_filters": {"low": 8, "high": 32, "log": True},
