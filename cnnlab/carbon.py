@@ -612,9 +612,11 @@ def _sweep_one(data, batch_size, setting, settings, device, run_dir, bar) -> lis
 def _finished_sweep_rows(run_dir: Path | None, setting: dict) -> list[SweepRow] | None:
     """The rows a finished run with the same ``setting`` (epochs, seed, training images) stored there;
     None when the batch size must be trained."""
+    if run_dir is None:
+        return None
     try:
         stored = json.loads((run_dir / SWEEP_ROWS_FILE).read_text())
-    except (TypeError, OSError, ValueError):
+    except (OSError, ValueError):
         return None
     if any(stored.get(key) != value for key, value in setting.items()):
         return None
