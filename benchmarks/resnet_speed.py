@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from cnnlab import pretrained
+from cnnlab import files, pretrained
 from cnnlab.device import configure_threads
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
 
     with tempfile.TemporaryDirectory() as cache:
-        os.environ[pretrained.CACHE_ENV] = cache  # a fresh cache: the first load converts, later ones read it
+        os.environ[files.CACHE_ENV] = cache  # a fresh cache: the first load converts, later ones read it
         convert = median_seconds(lambda: pretrained.load_resnet50(source, use_cache=False, progress=False), 3)
         model = pretrained.load_resnet50(source, progress=False)
         cached = median_seconds(lambda: pretrained.load_resnet50(source, progress=False), args.repeats)

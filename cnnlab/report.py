@@ -17,8 +17,8 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
+from cnnlab.files import write_text
 from cnnlab.lab import LabContext, Section, Table, format_duration
-from cnnlab.training import _atomic_write
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})
 
@@ -208,5 +208,5 @@ def write_report(sections: list[Section], out: Path, info: ReportInfo) -> tuple[
     out.mkdir(parents=True, exist_ok=True)
     html_path, markdown_path = out / "report.html", out / "report.md"
     for path, text in ((html_path, render_html(sections, out, info)), (markdown_path, render_markdown(sections, info))):
-        _atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+        write_text(path, text)
     return html_path, markdown_path

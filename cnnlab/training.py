@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from cnnlab.device import pick_device
 from cnnlab.errors import ConfigError, DataError, TrainingDiverged
+from cnnlab.files import atomic_write, write_json
 from cnnlab.summary import count_params, format_summary
 
 LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
@@ -112,34 +112,6 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs=None):
         if self.stopped_epoch is not None and self.best_state is not None:
             self.model.network.load_state_dict(self.best_state)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, data: dict) -> None:
-    _atomic_write(
-        Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n")
-    )
 
 
 class Model:
@@ -472,7 +444,7 @@ class Model:
         path = Path(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
         meta = {"config": json.dumps(self.config, default=str)}
-        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
     def _checkpoint(self, run: Path, epochs_done: int, history: History, order: torch.Generator) -> None:
         state = {
@@ -486,8 +458,8 @@ class Model:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "config": self.config,
         }
-        _atomic_write(run / CHECKPOINT, lambda tmp: torch.save(state, tmp))
-        _atomic_write(run / "history.csv", lambda tmp: _write_csv(tmp, history.to_rows()))
+        atomic_write(run / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        atomic_write(run / "history.csv", lambda tmp: _write_csv(tmp, history.to_rows()))
 
     def _restore(self, path: Path, history: History, order: torch.Generator) -> int:
         state = torch.load(path, map_location=self.device, weights_only=True)

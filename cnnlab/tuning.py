@@ -34,8 +34,9 @@ from cnnlab.carbon import CarbonCallback, CarbonSettings
 from cnnlab.data import IMAGE_SHAPE, LabData
 from cnnlab.device import THREADS_ENV, available_cores, configure_threads
 from cnnlab.errors import CnnlabError, ConfigError, TrainingDiverged
+from cnnlab.files import atomic_write, write_json
 from cnnlab.models import HEADS, build_cnn
-from cnnlab.training import OPTIMIZERS, Callback, Model, _atomic_write, write_json
+from cnnlab.training import OPTIMIZERS, Callback, Model
 
 ENGINES = ("optuna", "ray")
 OBJECTIVES = ("accuracy", "accuracy+energy")
@@ -738,7 +739,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
             writer.writeheader()
             writer.writerows({c: row.get(c) for c in columns} for row in rows)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -765,7 +766,7 @@ def write_toml(settings: dict[str, Any], path: Path, comment: str) -> Path:
     """Flat scalar keys only, which is all a train config holds (tomllib reads but cannot write)."""
     lines = [f"# {line}" for line in comment.splitlines()]
     lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
-    _atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return path
 
 

@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(out: Path, data, history, test_loss: float, test_accuracy: float, extra: dict | None = None) -> int:
     """Add the test results to metrics.json, draw the figures and print where everything is."""
+    from cnnlab.files import write_json
     from cnnlab.plots import plot_results, sample_grid
-    from cnnlab.training import write_json
 
     metrics_path = out / "metrics.json"
     metrics = {

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from cnnlab.errors import DataError
-from cnnlab.training import write_json
+from cnnlab.files import cache_dir, write_json
 
 MODES = ("full", "quick", "tiny")
 PHOTOS_ENV = "CNNLAB_PHOTOS"
@@ -272,8 +272,6 @@ def format_duration(seconds: float) -> str:
 
 
 def _durations_path() -> Path:
-    from cnnlab.data import cache_dir
-
     return cache_dir() / DURATIONS_FILE
 
 
