@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cnnlab.augment import Augmentation
-from cnnlab.data import CLASS_NAMES
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.training import Model
 
@@ -81,13 +80,34 @@ def misclassified(y_true, probabilities: np.ndarray) -> Misclassified:
     return Misclassified(wrong, true[wrong], predicted[wrong], confidence)
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """Counts (true class, predicted class); y_pred may be labels or probabilities."""
+def class_count(y_true, y_pred) -> int:
+    """How many classes labels and predictions speak of: the width of probabilities, else the largest label."""
+    y_pred = np.asarray(y_pred)
+    if y_pred.ndim == 2 and y_pred.shape[1] > 1:
+        return y_pred.shape[1]
+    return int(max(class_indices(y_true).max(initial=0), class_indices(y_pred).max(initial=0))) + 1
+
+
+def class_labels(class_names: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
+    """The names to show for each class: the given ones (checked against the count), else the numbers."""
+    if class_names is None:
+        return tuple(str(i) for i in range(num_classes))
+    if len(class_names) != num_classes:
+        raise DataError(f"{len(class_names)} class names given for {num_classes} classes; give one name per class")
+    return tuple(class_names)
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
+    """Counts (true class, predicted class); y_pred may be labels or probabilities. Without
+    ``num_classes`` the count comes from the probabilities' width, else from the largest label."""
+    num_classes = num_classes or class_count(y_true, y_pred)
     return sklearn.metrics.confusion_matrix(class_indices(y_true), class_indices(y_pred), labels=np.arange(num_classes))
 
 
-def per_class_accuracy(y_true, y_pred, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
-    """The share of each class's images classified correctly (NaN for a class with no images)."""
+def per_class_accuracy(y_true, y_pred, class_names: Sequence[str] | None = None) -> dict[str, float]:
+    """The share of each class's images classified correctly (NaN for a class with no images), by class name
+    (by class number when no names are given)."""
+    class_names = class_labels(class_names, max(class_count(y_true, y_pred), len(class_names or ())))
     matrix = confusion_matrix(y_true, y_pred, len(class_names))
     totals = matrix.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -18,8 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from cnnlab.data import CLASS_NAMES  # noqa: E402
-
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Write a PNG through a temp file and rename it, then close the figure."""
@@ -70,6 +68,15 @@ def to_display(images: np.ndarray) -> np.ndarray:
     return np.clip((images + 1) / 2, 0, 1)
 
 
+def _names(class_names: Sequence[str] | None, labels) -> Sequence[str]:
+    """Names to title images with: the given ones, else the class numbers the labels use."""
+    from cnnlab.evaluation import class_labels  # here: evaluation loads torch, most figures need none
+
+    if class_names is not None:
+        return class_names
+    return class_labels(None, int(np.max(np.asarray(labels), initial=0)) + 1)
+
+
 def image_grid(
     images: np.ndarray,
     titles: Sequence[str] | None = None,
@@ -100,12 +107,13 @@ def sample_grid(
     count: int = 18,
     seed: int = 0,
     path: str | os.PathLike | None = None,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str] | None = None,
 ) -> Figure:
     """Random training examples titled with class number and name, as the lab shows them."""
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(images), size=min(count, len(images)), replace=False)
-    titles = [f"{int(labels[i])} ({class_names[int(labels[i])]})" for i in pick]
+    names = _names(class_names, labels)
+    titles = [f"{int(labels[i])} ({names[int(labels[i])]})" for i in pick]
     return image_grid(np.asarray(images)[pick], titles, path=path)
 
 
@@ -131,7 +139,7 @@ def augmentation_preview(
     count: int = 4,
     variants: int = 5,
     path: str | os.PathLike | None = None,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str] | None = None,
 ) -> Figure:
     """One row per image: the original, then ``variants`` augmented versions of it (each drawn anew)."""
     from cnnlab.augment import augment_array  # here, so the other figures need no torch
@@ -140,8 +148,9 @@ def augmentation_preview(
     augmented = augment_array(augment, np.repeat(originals, variants, axis=0))
     rows = np.concatenate([originals[:, None], augmented.reshape(len(originals), variants, *originals.shape[1:])], 1)
     titles = []
+    names = _names(class_names, labels) if labels is not None else None
     for i in range(len(originals)):
-        name = f" ({class_names[int(labels[i])]})" if labels is not None else ""
+        name = f" ({names[int(labels[i])]})" if names is not None else ""
         titles += [f"original{name}"] + [f"augmented {v + 1}" for v in range(variants)]
     return image_grid(rows.reshape(-1, *originals.shape[1:]), titles, columns=variants + 1, path=path, cell=1.6)
 
@@ -151,13 +160,13 @@ def misclassified_gallery(
     mistakes,
     count: int = 18,
     path: str | os.PathLike | None = None,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str] | None = None,
 ) -> Figure:
     """The model's most confident mistakes (an ``evaluation.Misclassified``), titled true/predicted/confidence."""
     shown = range(min(count, len(mistakes)))
+    names = _names(class_names, np.concatenate([mistakes.true, mistakes.predicted]))
     titles = [
-        f"true: {class_names[mistakes.true[i]]}\n"
-        f"pred: {class_names[mistakes.predicted[i]]} ({mistakes.confidence[i]:.1%})"
+        f"true: {names[mistakes.true[i]]}\npred: {names[mistakes.predicted[i]]} ({mistakes.confidence[i]:.1%})"
         for i in shown
     ]
     return image_grid(np.asarray(images)[mistakes.indices[: len(shown)]], titles, path=path, cell=2.0)
@@ -165,17 +174,26 @@ def misclassified_gallery(
 
 def confusion_matrix_figure(
     matrix: np.ndarray,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str] | None = None,
     path: str | os.PathLike | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Counts of (true, predicted) classes as a heat map with the numbers written in (scikit-learn's display)."""
+    """Counts of (true, predicted) classes as a heat map (scikit-learn's display). The numbers are written
+    in up to 20 classes; beyond that the figure grows with the class count and shows colours only."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(8, 7))
-    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(
-        ax=ax, cmap="Blues", xticks_rotation=45, values_format="d", colorbar=True
-    )
+    from cnnlab.evaluation import class_labels
+
+    matrix = np.asarray(matrix)
+    count = len(matrix)
+    side = max(8.0, 0.3 * count)
+    fig, ax = plt.subplots(figsize=(side, side * 7 / 8))
+    ConfusionMatrixDisplay(matrix, display_labels=list(class_labels(class_names, count))).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45 if count <= 20 else 90, values_format="d", colorbar=True,
+        include_values=count <= 20,
+    )  # fmt: skip
+    if count > 30:
+        ax.tick_params(labelsize=6)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if title:

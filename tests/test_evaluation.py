@@ -115,14 +115,19 @@ def test_misclassified_lists_the_most_confident_mistakes_first():
 def test_confusion_matrix_and_per_class_accuracy():
     y_true = np.array([0, 0, 0, 1, 1, 3])
     y_pred = np.array([0, 1, 0, 1, 0, 3])
-    matrix = confusion_matrix(y_true, y_pred)
+    matrix = confusion_matrix(y_true, y_pred, 10)
     assert matrix.shape == (10, 10) and matrix.sum() == 6
     assert matrix[0, 0] == 2 and matrix[0, 1] == 1 and matrix[1, 0] == 1 and matrix[3, 3] == 1
-    accuracy = per_class_accuracy(y_true, to_categorical(y_pred))  # probabilities work as predictions
+    assert confusion_matrix(y_true, y_pred).shape == (4, 4)  # no count given: the largest label decides
+    assert confusion_matrix(y_true, to_categorical(y_pred, 7)).shape == (7, 7)  # probabilities' width decides
+    accuracy = per_class_accuracy(y_true, to_categorical(y_pred), CLASS_NAMES)  # probabilities work as predictions
     assert list(accuracy) == list(CLASS_NAMES)
     assert accuracy["airplane"] == pytest.approx(2 / 3)
     assert accuracy["automobile"] == 0.5 and accuracy["cat"] == 1.0
     assert np.isnan(accuracy["bird"])  # no bird in the set
+    assert list(per_class_accuracy(y_true, y_pred)) == ["0", "1", "2", "3"]  # no names: class numbers
+    with pytest.raises(DataError, match="3 class names given for 4 classes"):
+        per_class_accuracy(y_true, y_pred, ["a", "b", "c"])
 
 
 def test_figures_for_mistakes_rotation_and_confusion(tmp_path):
@@ -130,14 +135,17 @@ def test_figures_for_mistakes_rotation_and_confusion(tmp_path):
     images = rng.uniform(-1, 1, (12, 32, 32, 3)).astype(np.float32)
     probabilities = rng.dirichlet(np.ones(10), 12)
     mistakes = misclassified(np.zeros(12, int), probabilities)
-    gallery = misclassified_gallery(images, mistakes, count=6, path=tmp_path / "mistakes.png")
+    gallery = misclassified_gallery(images, mistakes, count=6, path=tmp_path / "mistakes.png", class_names=CLASS_NAMES)
     first = mistakes.indices[0]
     expected = f"true: airplane\npred: {CLASS_NAMES[probabilities[first].argmax()]} ({probabilities[first].max():.1%})"
     assert gallery.axes[0].get_title() == expected
     rotation_preview(images, myrotate(images), count=5, path=tmp_path / "rotated.png")
     matrix = confusion_matrix(np.arange(12) % 10, probabilities)
     confusion_matrix_figure(matrix, path=tmp_path / "confusion.png", title="test")
-    for name in ("mistakes.png", "rotated.png", "confusion.png"):
+    many = confusion_matrix(np.arange(300) % 100, np.arange(300) % 100, 100)
+    figure = confusion_matrix_figure(many, [f"class {i}" for i in range(100)], path=tmp_path / "confusion100.png")
+    assert figure.get_size_inches()[0] >= 30 and not figure.axes[0].texts  # grows, colours only
+    for name in ("mistakes.png", "rotated.png", "confusion.png", "confusion100.png"):
         assert (tmp_path / name).stat().st_size > 5_000
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -196,5 +204,5 @@ def test_real_cifar_accuracy_drops_for_rotated_images(lab_data):
     mistakes = misclassified(lab_data.y_test, probabilities)
     assert len(mistakes) == round((1 - result["original"]) * len(lab_data.y_test))
     assert np.all(mistakes.true != mistakes.predicted)
-    accuracy = per_class_accuracy(lab_data.y_test, probabilities)
+    accuracy = per_class_accuracy(lab_data.y_test, probabilities, lab_data.class_names)
     assert min(accuracy.values()) < result["original"] < max(accuracy.values())
