@@ -119,6 +119,12 @@ def test_class_names_that_differ_are_refused_in_one_line():
 
 # ------------------------------------------------------------------ bad model files: one line, exit status 2
 # The corrupt, truncated and older-cnnlab cases rely on load_model's checks from the `model` branch.
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Default output folders (runs/...) land in the test's folder, never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _assert_one_line_error(argv, path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
