@@ -84,6 +84,15 @@ def test_cli_predict_json_and_a_truncated_photo(run_folder, photos_dir, tmp_path
     assert f"skipped {broken}" in captured.err
 
 
+def test_a_photo_over_the_pixel_limit_is_skipped(run_folder, photos_dir, tmp_path, capsys):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (9000, 9000)).save(huge)  # 81 megapixels, a few kB on disk
+    photo = sorted(photos_dir.glob("*.png"))[0]
+    assert main(["predict", str(run_folder), str(huge), str(photo)]) == 1
+    captured = capsys.readouterr()
+    assert str(photo) in captured.out and "over the limit" in captured.err and str(huge) in captured.err
+
+
 def test_cli_predict_folder_without_images(run_folder, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("no pictures here")
     assert main(["predict", str(run_folder), str(tmp_path)]) == 2
