@@ -42,7 +42,7 @@ class RawImageClassifier(nn.Module):
         self.network = network
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        scaled = images.float() / 127.5 - 1.0  # the lab's symmetric scaling (model_preprocessing checks it)
+        scaled = images.float() / 127.5 - 1.0  # the lab's symmetric scaling (export_onnx checks the model's)
         return torch.softmax(self.network(scaled.permute(0, 3, 1, 2)), dim=1)
 
 
@@ -151,7 +151,9 @@ def export_onnx(model: Model, path: str | os.PathLike, images: np.ndarray | None
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise ConfigError(f"ONNX export needs {error.name}; {INSTALL_HINT}") from error
-    model_preprocessing(model)
+    scale = model_preprocessing(model)["scale"]
+    if scale != "symmetric":
+        raise ConfigError(f"ONNX export supports models scaled as x / 127.5 - 1; this one is scaled {scale!r}")
     images = check_images(model) if images is None else np.asarray(images, dtype=np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

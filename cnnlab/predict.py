@@ -2,9 +2,11 @@
 
 A model carries how its training images were prepared (class names, input size, resize mode,
 scaling); ``predict_images`` and ``evaluate_model`` read it from the model, so a photo is resized
-and scaled exactly as the training images were. The three ``_..._for_model`` / ``model_...``
-adapters below are the only places that read those facts, so models saved before they were stored
-in the file still work (CIFAR-10 names, stretch resize, the lab's x / 127.5 - 1).
+and scaled exactly as the training images were. Models saved before the file stored those facts are
+CIFAR-10 models: ``model_class_names`` and ``model_preprocessing`` fill in CIFAR-10's names, stretch
+resizing and the lab's x / 127.5 - 1. Image decoding (``_load_for_model``) and test data
+(``_evaluation_data``) each go through one adapter, so each switches to cnnlab.images / cnnlab.datasets
+in one place.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from cnnlab.data import CLASS_NAMES, scale_images
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.evaluation import Misclassified, confusion_matrix, misclassified, per_class_accuracy
 from cnnlab.training import Model
 
 RESIZE_MODES = ("stretch", "crop")
@@ -39,13 +42,8 @@ def model_class_names(model: Model) -> tuple[str, ...]:
 
 
 def model_preprocessing(model: Model) -> dict:
-    """How raw uint8 images become network input: {"scale": "symmetric", "resize": "stretch"|"crop"}."""
-    preprocessing = {"scale": "symmetric", "resize": "stretch", **(getattr(model, "preprocessing", None) or {})}
-    if preprocessing["scale"] != "symmetric":
-        raise ConfigError(
-            f"the model's scaling {preprocessing['scale']!r} is not x / 127.5 - 1; this cnnlab cannot feed it"
-        )
-    return preprocessing
+    """How raw uint8 images become network input: {"scale": "symmetric" (x / 127.5 - 1), "resize": ...}."""
+    return {"scale": "symmetric", "resize": "stretch", **(getattr(model, "preprocessing", None) or {})}
 
 
 def load_trained_model(path: str | os.PathLike, device="auto") -> Model:
@@ -63,8 +61,13 @@ def load_trained_model(path: str | os.PathLike, device="auto") -> Model:
 
 
 def predict_probabilities(model: Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities for uint8 NHWC images, scaled as the model was trained (see model_preprocessing)."""
-    model_preprocessing(model)  # refuses scalings other than the lab's before any work
+    """Class probabilities for uint8 NHWC images, scaled as the model was trained.
+
+    A model that states its preprocessing scales uint8 input itself (whatever its scaling); one saved
+    before models did is a lab model, scaled here as the lab does.
+    """
+    if getattr(model, "preprocessing", None):
+        return model.predict(images, batch_size=batch_size)
     return model.predict(scale_images(images), batch_size=batch_size)
 
 
@@ -157,6 +160,8 @@ def predict_images(
     ``resize`` defaults to the model's own mode (stretch for models that do not store one). Unreadable
     files are skipped with the reason; the others are decoded into one batch and predicted together.
     """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
     class_names = model_class_names(model)
     if not 1 <= top <= len(class_names):
         raise ConfigError(f"top must be 1..{len(class_names)} (the model's classes), got {top}")
@@ -229,7 +234,7 @@ class Evaluation:
     accuracy: float
     per_class: dict[str, float]
     confusion: np.ndarray
-    mistakes: object  # an evaluation.Misclassified, most confident first
+    mistakes: Misclassified  # most confident first
     class_names: tuple[str, ...]
 
     def to_dict(self) -> dict:
@@ -246,8 +251,6 @@ class Evaluation:
 def evaluate_model(model: Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
     """One prediction pass over uint8 images serves every figure of merit."""
     import sklearn.metrics
-
-    from cnnlab.evaluation import confusion_matrix, misclassified, per_class_accuracy
 
     if len(images) == 0:
         raise DataError("no images to evaluate on; pass a data set with a test split")
