@@ -35,6 +35,8 @@ _EXPORTS = {
                           "transfer_learning"],
     "cnnlab.recipes": ["RECIPES", "Recipe", "evaluate_tta", "fit_recipe", "load_recipe_model", "train_recipe"],
     "cnnlab.tuning": ["TuneSettings", "load_space", "parse_space", "tune"],
+    "cnnlab.predict": ["evaluate_model", "load_trained_model", "predict_images"],
+    "cnnlab.export": ["export_onnx"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -862,7 +862,8 @@ def plot_predictions(results: Sequence[PhotoResult], path: str | os.PathLike) ->
     fig = Figure(figsize=(9, 2.6 * len(results)), layout="constrained")
     axes = fig.subplots(len(results), 2, squeeze=False, width_ratios=(1, 1.6))
     for (image_ax, bar_ax), result in zip(axes, results, strict=True):
-        image_ax.imshow(result.image)
+        gray = result.image.ndim == 3 and result.image.shape[-1] == 1  # a 1-channel model's input
+        image_ax.imshow(result.image[..., 0] if gray else result.image, cmap="gray")
         image_ax.set_title(result.path.name, fontsize=10)
         image_ax.axis("off")
         names = [name.replace("_", " ") for _, name, _ in result.top][::-1]

@@ -1,0 +1,52 @@
+"""`cnnlab evaluate`: a trained model on a labelled test set: loss, accuracy, per class, confusion, mistakes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+GALLERY_SIZE = 18
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a trained model on a labelled test set",
+        description="Evaluate a run folder or model file on labelled images: loss (cross-entropy), accuracy, "
+        "accuracy per class, a confusion-matrix figure and a gallery of the most confident mistakes. The data's "
+        "class names must be the model's. Writes evaluation.json and the figures to --out.",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="run folder or model file (.safetensors)")
+    parser.add_argument(
+        "--data", metavar="SPEC", help="the test data: a CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/evaluate"), help="folder for the figures (default: %(default)s)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.files import write_json
+    from cnnlab.plots import confusion_matrix_figure, misclassified_gallery
+    from cnnlab.predict import evaluate_on, load_trained_model
+
+    model = load_trained_model(args.model, device=args.device)
+    evaluation, images = evaluate_on(model, args.data)
+    total = int(evaluation.confusion.sum())
+    print(f"{total} images: loss {evaluation.loss:.4f}, accuracy {evaluation.accuracy:.4f}")
+    width = max(len(name) for name in evaluation.class_names)
+    for name, accuracy in evaluation.per_class.items():
+        print(f"  {name:<{width}}  {accuracy:.4f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "evaluation.json", {"model": str(args.model), "data": args.data, **evaluation.to_dict()})
+    confusion = args.out / "confusion_matrix.png"
+    gallery = args.out / "mistakes.png"
+    confusion_matrix_figure(
+        evaluation.confusion, evaluation.class_names, confusion, title=f"accuracy {evaluation.accuracy:.1%}"
+    )
+    misclassified_gallery(images, evaluation.mistakes, GALLERY_SIZE, gallery, evaluation.class_names)
+    print(f"Figures: {confusion}, {gallery} ({min(GALLERY_SIZE, len(evaluation.mistakes))} most confident mistakes)")
+    print(f"Results: {args.out / 'evaluation.json'}")
+    return 0

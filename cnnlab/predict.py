@@ -1,0 +1,274 @@
+"""Use a trained model: classify new image files, evaluate on a labelled test set.
+
+A model carries how its training images were prepared (class names, input size, resize mode,
+scaling); ``predict_images`` and ``evaluate_model`` read it from the model, so a photo is resized
+and scaled exactly as the training images were. Models saved before the file stored those facts are
+CIFAR-10 models: ``model_class_names`` and ``model_preprocessing`` fill in CIFAR-10's names, stretch
+resizing and the lab's x / 127.5 - 1. Image decoding (``_load_for_model``) and test data
+(``_evaluation_data``) each go through one adapter, so each switches to cnnlab.images / cnnlab.datasets
+in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.data import CLASS_NAMES, scale_images
+from cnnlab.errors import ConfigError, DataError
+from cnnlab.evaluation import Misclassified, confusion_matrix, misclassified, per_class_accuracy
+from cnnlab.training import Model
+
+RESIZE_MODES = ("stretch", "crop")
+# Until cnnlab.images lands: its IMAGE_SUFFIXES is the one list of image file suffixes.
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+# --------------------------------------------------------------------------- what a model knows about its input
+def model_class_names(model: Model) -> tuple[str, ...]:
+    """The model's class names; a model file without them is a CIFAR-10 model (all cnnlab wrote before)."""
+    names = getattr(model, "class_names", None)
+    if names:
+        return tuple(names)
+    if model.num_classes == len(CLASS_NAMES):
+        return CLASS_NAMES
+    return tuple(f"class {i}" for i in range(model.num_classes))
+
+
+def model_preprocessing(model: Model) -> dict:
+    """How raw uint8 images become network input: {"scale": "symmetric" (x / 127.5 - 1), "resize": ...}."""
+    return {"scale": "symmetric", "resize": "stretch", **(getattr(model, "preprocessing", None) or {})}
+
+
+def load_trained_model(path: str | os.PathLike, device="auto") -> Model:
+    """A model from a run folder or a model file cnnlab wrote (any kind cnnlab.models.load_model knows)."""
+    from cnnlab.models import load_model
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such model file or run folder; pass a run folder or its weights.safetensors")
+    if path.is_dir():
+        path = path / "weights.safetensors"
+        if not path.exists():
+            raise DataError(f"{path.parent} holds no weights.safetensors; pass a finished run folder or a model file")
+    return load_model(path, device=device)
+
+
+def predict_probabilities(model: Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities for uint8 NHWC images, scaled as the model was trained.
+
+    A model that states its preprocessing scales uint8 input itself (whatever its scaling); one saved
+    before models did is a lab model, scaled here as the lab does.
+    """
+    if getattr(model, "preprocessing", None):
+        return model.predict(images, batch_size=batch_size)
+    return model.predict(scale_images(images), batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- image files
+def image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named directly, plus the images inside named folders (recursively, sorted)."""
+    files = []
+    for source in map(Path, sources):
+        if not source.is_dir():
+            files.append(source)
+            continue
+        found = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(
+                f"{source} holds no images ({', '.join(_IMAGE_SUFFIXES)}); pass image files or another folder"
+            )
+        files += found
+    return files
+
+
+def _load_for_model(
+    paths: Sequence[Path], size: tuple[int, int], resize: str, color_mode: str
+) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]], Counter]:
+    """Decode, convert and resize image files: (uint8 N,h,w,c, kept paths, skipped (path, reason), notes).
+
+    The signature is cnnlab.images.load_images' (batched decoding in a process pool), which replaces this
+    one-at-a-time loop over pretrained.load_image when that module lands.
+    """
+    from PIL import Image
+
+    from cnnlab.pretrained import load_image, resize_for_resnet
+
+    if size[0] != size[1]:
+        raise ConfigError(f"this cnnlab resizes photos to square inputs only; the model takes {size[0]}x{size[1]}")
+    images, kept, skipped, notes = [], [], [], Counter()
+    for path in paths:
+        try:
+            image, image_notes = load_image(path)
+        except DataError as error:
+            skipped.append((path, str(error)))
+            continue
+        notes.update(image_notes)
+        array = resize_for_resnet(image, resize, size[0])
+        if color_mode == "grayscale":
+            array = np.asarray(Image.fromarray(array).convert("L"))[..., None]
+            notes["colour converted to grayscale: the model takes 1-channel images"] += 1
+        images.append(array)
+        kept.append(path)
+    channels = 1 if color_mode == "grayscale" else 3
+    stacked = np.stack(images) if images else np.zeros((0, *size, channels), np.uint8)
+    return stacked, kept, skipped, notes
+
+
+# --------------------------------------------------------------------------- predict
+@dataclass
+class Prediction:
+    """One image's top classes as (class index, name, probability), all probabilities, the image the
+    network saw (uint8 HWC). ``top`` has the shape pretrained.plot_predictions draws."""
+
+    path: Path
+    image: np.ndarray
+    probabilities: np.ndarray
+    top: list[tuple[int, str, float]]
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "top": [{"index": i, "class": name, "probability": p} for i, name, p in self.top],
+        }
+
+
+@dataclass
+class PredictResult:
+    """What ``predict_images`` returns: predictions, skipped files with the reason, conversion notes."""
+
+    predictions: list[Prediction]
+    skipped: list[tuple[Path, str]]
+    notes: Counter
+
+
+def predict_images(
+    model: Model,
+    paths: Sequence[str | os.PathLike],
+    top: int = 5,
+    resize: str | None = None,
+    batch_size: int = 256,
+) -> PredictResult:
+    """Classify image files (or folders of them) with a trained model, preparing each as its training data was.
+
+    ``resize`` defaults to the model's own mode (stretch for models that do not store one). Unreadable
+    files are skipped with the reason; the others are decoded into one batch and predicted together.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    class_names = model_class_names(model)
+    if not 1 <= top <= len(class_names):
+        raise ConfigError(f"top must be 1..{len(class_names)} (the model's classes), got {top}")
+    resize = resize or model_preprocessing(model)["resize"]
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    height, width, channels = model.input_shape
+    color_mode = "grayscale" if channels == 1 else "rgb"
+    images, kept, skipped, notes = _load_for_model(image_files(paths), (height, width), resize, color_mode)
+    probabilities = predict_probabilities(model, images, batch_size) if len(images) else np.zeros((0, len(class_names)))
+    predictions = []
+    for path, image, row in zip(kept, images, probabilities, strict=True):
+        best = np.argsort(-row, kind="stable")[:top]
+        predictions.append(Prediction(path, image, row, [(int(i), class_names[i], float(row[i])) for i in best]))
+    return PredictResult(predictions, skipped, notes)
+
+
+def format_prediction(prediction: Prediction) -> str:
+    """One image's top classes as the CLI prints them."""
+    width = max(12, *(len(name) for _, name, _ in prediction.top))
+    lines = [str(prediction.path), f"  {'#':>2}  {'class':<{width}}  {'probability':>11}"]
+    lines += [f"  {rank:>2}  {name:<{width}}  {p:>11.4f}" for rank, (_, name, p) in enumerate(prediction.top, 1)]
+    return "\n".join(lines)
+
+
+def predictions_json(result: PredictResult, **extra) -> str:
+    return json.dumps(
+        {
+            **extra,
+            "predictions": [p.to_dict() for p in result.predictions],
+            "skipped": [{"path": str(path), "reason": reason} for path, reason in result.skipped],
+            "notes": dict(result.notes),
+        },
+        indent=2,
+    )
+
+
+# --------------------------------------------------------------------------- evaluate
+def _evaluation_data(spec: str | os.PathLike | None, model: Model) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The labelled images to evaluate on: (uint8 NHWC, int labels, class names).
+
+    Today a CIFAR-10 archive or folder (its test split); cnnlab.datasets.load_dataset(spec,
+    image_size=model.input_shape[:2], ...) replaces this when it lands, for folders and .npz files too.
+    """
+    from cnnlab.data import load_cifar10
+
+    _, (x_test, y_test) = load_cifar10(spec, allow_download=False)
+    if tuple(x_test.shape[1:]) != tuple(model.input_shape):
+        raise DataError(
+            f"the data's images are {'x'.join(map(str, x_test.shape[1:]))}, the model takes "
+            f"{'x'.join(map(str, model.input_shape))}; evaluate on data of the model's size"
+        )
+    return x_test, y_test, CLASS_NAMES
+
+
+def check_class_names(model_names: Sequence[str], data_names: Sequence[str]) -> None:
+    """Refuse data whose classes are not the model's, in the model's order (accuracy would be meaningless)."""
+    if tuple(model_names) != tuple(data_names):
+        raise DataError(
+            f"the data's classes ({', '.join(data_names)}) are not the model's ({', '.join(model_names)}); "
+            "evaluate on data labelled with the model's classes"
+        )
+
+
+@dataclass
+class Evaluation:
+    """Loss (cross-entropy), accuracy, accuracy per class, the confusion matrix and the mistakes."""
+
+    loss: float
+    accuracy: float
+    per_class: dict[str, float]
+    confusion: np.ndarray
+    mistakes: Misclassified  # most confident first
+    class_names: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "images": int(self.confusion.sum()),
+            "per_class_accuracy": self.per_class,
+            "confusion_matrix": self.confusion.tolist(),
+            "class_names": list(self.class_names),
+        }
+
+
+def evaluate_model(model: Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """One prediction pass over uint8 images serves every figure of merit."""
+    import sklearn.metrics
+
+    if len(images) == 0:
+        raise DataError("no images to evaluate on; pass a data set with a test split")
+    names = model_class_names(model)
+    probabilities = predict_probabilities(model, images)
+    labels = np.asarray(labels).reshape(-1)
+    return Evaluation(
+        loss=float(sklearn.metrics.log_loss(labels, probabilities, labels=np.arange(len(names)))),
+        accuracy=float((probabilities.argmax(1) == labels).mean()),
+        per_class=per_class_accuracy(labels, probabilities, names),
+        confusion=confusion_matrix(labels, probabilities, len(names)),
+        mistakes=misclassified(labels, probabilities),
+        class_names=names,
+    )
+
+
+def evaluate_on(model: Model, spec: str | os.PathLike | None) -> tuple[Evaluation, np.ndarray]:
+    """Evaluate on a data set spec after checking its classes are the model's; returns the images too."""
+    images, labels, data_names = _evaluation_data(spec, model)
+    check_class_names(model_class_names(model), data_names)
+    return evaluate_model(model, images, labels), images
