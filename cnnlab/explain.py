@@ -81,8 +81,8 @@ def network_input(model, images) -> torch.Tensor:
         array = array[None]
     if array.ndim != 4:
         raise DataError(f"expected images shaped (N, height, width, channels), got {array.shape}")
-    _, conv = first_conv(network)
-    if array.shape[3] != conv.in_channels:
+    conv = next((m for m in network.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and array.shape[3] != conv.in_channels:
         raise DataError(f"the images have {array.shape[3]} channels, the network wants {conv.in_channels} (NHWC)")
     expected = getattr(model, "input_shape", None)
     if expected and not getattr(model, "variable_input_size", True) and array.shape[1:3] != tuple(expected[:2]):
@@ -514,7 +514,9 @@ def overlay_figure(
             lines.append(f"map for: {names[int(explanation.target[index])]}")
         ax.set_title("\n".join(lines), fontsize=8)
     where = f" at {explanation.layer}" if explanation.layer else ""
-    fig.suptitle(f"{_METHOD_TITLES[explanation.method]}{where}: where the class score comes from (red = most)", fontsize=9)
+    fig.suptitle(
+        f"{_METHOD_TITLES[explanation.method]}{where}: where the class score comes from (red = most)", fontsize=9
+    )
     fig.tight_layout()
     return _finish(fig, path)
 
