@@ -355,17 +355,22 @@ def feature_map_figure(image, blocks: Sequence[BlockMaps], path: str | os.PathLi
     """The input image, then one row per block: its most active channels, labelled with the block's shape."""
     columns = max(len(block.channels) for block in blocks)
     fig, axes = plt.subplots(len(blocks), columns + 1, figsize=(1.4 * (columns + 1), 1.5 * len(blocks)), squeeze=False)
-    picture = to_display(np.asarray(image)[None] if np.asarray(image).ndim == 3 else image)[0]
+    picture = to_display(np.asarray(image).reshape(-1, *np.asarray(image).shape[-3:]))[0]
+    for ax in axes.flat:
+        ax.set_axis_off()
+    axes[0, 0].imshow(picture.squeeze(), cmap="gray" if picture.shape[-1] == 1 else None)
+    axes[0, 0].set_title("input", fontsize=8)
     for row, block in enumerate(blocks):
-        for ax in axes[row]:
-            ax.set_axis_off()
-        if row == 0:
-            axes[0, 0].imshow(picture.squeeze(), cmap="gray" if picture.shape[-1] == 1 else None)
-            axes[0, 0].set_title("input", fontsize=8)
+        below_input = row == 0  # the first row's label goes under the input image, the others fill the cell
         axes[row, 0].text(
-            0.5, -0.15 if row == 0 else 0.5, f"{block.name}\n{block.shape}", ha="center", va="top" if row == 0 else
-            "center", fontsize=7, transform=axes[row, 0].transAxes,
-        )  # fmt: skip
+            0.5,
+            -0.15 if below_input else 0.5,
+            f"{block.name}\n{block.shape}",
+            ha="center",
+            va="top" if below_input else "center",
+            fontsize=7,
+            transform=axes[row, 0].transAxes,
+        )
         for column, (channel, fmap) in enumerate(zip(block.channels, block.maps, strict=True), start=1):
             axes[row, column].imshow(fmap, cmap="viridis", interpolation="nearest")
             axes[row, column].set_title(f"ch {channel}", fontsize=7)
@@ -496,7 +501,7 @@ def overlay_figure(
     count = len(explanation.maps)
     columns = max(1, min(columns, count))
     rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), squeeze=False, layout="constrained")
     names = explanation.class_names
     for index, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -517,7 +522,6 @@ def overlay_figure(
     fig.suptitle(
         f"{_METHOD_TITLES[explanation.method]}{where}: where the class score comes from (red = most)", fontsize=9
     )
-    fig.tight_layout()
     return _finish(fig, path)
 
 
@@ -548,11 +552,15 @@ def top_losses(model, x, y, k: int = 9) -> list[LossRow]:
     predicted = probabilities.argmax(1)
     return [
         LossRow(
-            int(i), float(losses[i]), int(labels[i]), int(predicted[i]), float(probabilities[i, predicted[i]]),
-            float(true_probability[i]),
+            index=int(i),
+            loss=float(losses[i]),
+            true=int(labels[i]),
+            predicted=int(predicted[i]),
+            probability=float(probabilities[i, predicted[i]]),
+            true_probability=float(true_probability[i]),
         )
         for i in order
-    ]  # fmt: skip
+    ]
 
 
 def most_confused(y_true, y_pred, class_names: Sequence[str] = CLASS_NAMES, k: int = 5) -> list[tuple[str, str, int]]:

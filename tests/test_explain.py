@@ -222,8 +222,20 @@ def test_explain_cli_on_a_run_folder_resizes_photos_and_draws_the_figure(run_fol
     assert "Grad-CAM" not in out and "at layer conv2d_2" in out
     assert (tmp_path / "gradcam.png").stat().st_size > 5_000
 
-    assert main(["explain", str(run_folder / "weights.safetensors"), str(photos[0]), "--method", "saliency",
-                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                str(run_folder / "weights.safetensors"),
+                str(photos[0]),
+                "--method",
+                "saliency",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "saliency.png").exists()
 
 
@@ -261,8 +273,17 @@ def resnet_weights() -> Path:
 
 
 def test_explain_cli_on_resnet50_maps_the_cat(resnet_weights, session_cache, photos_dir, tmp_path, capsys):
-    code = main(["explain", "resnet50", str(photos_dir / "chelsea.png"), "--weights", str(resnet_weights),
-                 "--out", str(tmp_path)])  # fmt: skip
+    code = main(
+        [
+            "explain",
+            "resnet50",
+            str(photos_dir / "chelsea.png"),
+            "--weights",
+            str(resnet_weights),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "cat" in out.splitlines()[0] and "at layer blocks.conv5_block3" in out
