@@ -63,8 +63,10 @@ def load_explained_model(spec: str, weights: Path | None = None, device: str = "
         ) from error
 
 
-def load_model_images(model, paths: list[Path]) -> tuple[list, list[Path], list[str], list[tuple[Path, str]]]:
-    """Decode and resize images to what the model takes: (arrays, kept paths, notes, failures)."""
+def load_model_images(
+    model, paths: list[Path]
+) -> tuple[list, list[Path], dict[Path, list[str]], list[tuple[Path, str]]]:
+    """Decode and resize images to what the model takes: (arrays, kept paths, notes per path, failures)."""
     import numpy as np
     from PIL import Image
 
@@ -73,20 +75,20 @@ def load_model_images(model, paths: list[Path]) -> tuple[list, list[Path], list[
 
     resnet = isinstance(network_of(model), ResNet50)
     height, width, channels = (INPUT_SIZE, INPUT_SIZE, 3) if resnet else model.input_shape
-    arrays, kept, notes, failures = [], [], [], []
+    arrays, kept, notes, failures = [], [], {}, []
     for path in paths:
         try:
             image, image_notes = load_image(path)
         except DataError as error:
             failures.append((path, str(error)))
             continue
-        notes += [f"{path.name}: {note}" for note in image_notes]
+        notes[path] = list(image_notes)
         if resnet:
             array = resize_for_resnet(image, "crop")
         else:
             if image.size != (width, height):
                 why = "its Flatten layer needs" if not model.variable_input_size else "it was trained on"
-                notes.append(f"{path.name}: resized from {image.width}x{image.height} to {width}x{height} ({why} it)")
+                notes[path].append(f"resized from {image.width}x{image.height} to {width}x{height} ({why} it)")
             image = image.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(image.convert("L") if channels == 1 else image, dtype=np.uint8)
             array = array.reshape(height, width, channels)
@@ -117,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         best = np.argsort(-probabilities, kind="stable")[: args.top]
         shown = ", ".join(f"{result.class_names[i]} {probabilities[i]:.3f}" for i in best)
         print(f"{path.name}: {shown}")
-    for note in notes:
-        print(f"  note: {note}")
+        for note in notes[path]:
+            print(f"  note: {note}")
     where = f" at layer {result.layer}" if result.layer else ""
     figure = args.out / f"{args.method}.png"
     explain.overlay_figure(result, figure, titles=[path.name for path in kept])
