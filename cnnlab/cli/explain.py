@@ -68,7 +68,7 @@ def load_model_images(
 ) -> tuple[list, list[Path], dict[Path, list[str]], list[tuple[Path, str]]]:
     """Decode and resize images to what the model takes: (arrays, kept paths, notes per path, failures)."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from cnnlab.explain import network_of
     from cnnlab.pretrained import INPUT_SIZE, ResNet50, load_image, resize_for_resnet
@@ -89,7 +89,10 @@ def load_model_images(
             if image.size != (width, height):
                 why = "its Flatten layer needs" if not model.variable_input_size else "it was trained on"
                 notes[path].append(f"resized from {image.width}x{image.height} to {width}x{height} ({why} it)")
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
+            if getattr(model, "preprocessing", {}).get("resize") == "crop":  # as the model was trained
+                image = ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
+            else:
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(image.convert("L") if channels == 1 else image, dtype=np.uint8)
             array = array.reshape(height, width, channels)
         arrays.append(array)
