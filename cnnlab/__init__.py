@@ -29,6 +29,8 @@ _EXPORTS = {
     "cnnlab.training": ["Callback", "EarlyStopping", "History", "Model"],
     "cnnlab.carbon": ["CarbonCallback", "CarbonSettings", "carbon_sweep"],
     "cnnlab.augment": ["Augmentation", "parse_augment_spec"],
+    "cnnlab.explain": ["feature_map_figure", "feature_maps", "filter_grid", "grad_cam", "match_filters",
+                       "most_confused", "overlay_figure", "saliency", "top_losses", "top_losses_figure"],
     "cnnlab.evaluation": ["confusion_matrix", "evaluate_rotated", "evaluate_sizes", "misclassified", "myrotate",
                           "per_class_accuracy", "rotation_robustness_table"],
     "cnnlab.pretrained": ["classify_photos", "decode_predictions", "load_resnet50", "preprocess_input",
