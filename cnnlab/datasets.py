@@ -542,6 +542,8 @@ def _decode_folder(root, scan: _Scan, class_names, settings: dict, strict: bool,
         skipped += split_skipped
         notes += split_notes
     _warn_decoded(root, skipped, notes)
+    if not len(arrays["x_train"]):
+        raise DataError(f"{root}: none of the {count} images could be read (e.g. {skipped[0][1]}); check the files")
     layout = "train/test folders" if "x_test" in arrays else "one folder"
     if "x_test" not in arrays and settings["validation_split"]:
         x, x_test, y, y_test = stratified_split(
