@@ -43,14 +43,18 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the max_pixels check decides
-            with Image.open(path) as image:
+            image = Image.open(path)
+            try:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise DataError(_too_big(path, width, height, max_pixels))
                 if draft_size is not None and image.format == "JPEG":
                     image.draft(None, (draft_size[1], draft_size[0]))
                 image.load()
-                return _to_rgb(image)
+            except BaseException:
+                image.close()
+                raise
+        return _detached(image)
     except DataError:
         raise
     except Image.DecompressionBombError as error:
@@ -67,6 +71,17 @@ def open_image(
         ) from error
 
 
+def _detached(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Convert to RGB and close the file. Pillow closes single-frame files after loading; multi-frame ones
+    (GIF, TIFF, APNG) stay open for seeking, so an RGB one is copied first (copying every image costs ~10%)."""
+    rgb, notes = _to_rgb(image)
+    if rgb is image and not getattr(image, "_close_exclusive_fp_after_loading", False):
+        rgb = image.copy()
+    if rgb is not image:
+        image.close()
+    return rgb, notes
+
+
 def _too_big(path: Path, width: int, height: int, max_pixels: int) -> str:
     return (
         f"{path} is {width} x {height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
@@ -77,7 +92,7 @@ def _too_big(path: Path, width: int, height: int, max_pixels: int) -> str:
 def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     mode = image.mode
     if mode == "RGB":
-        return image.copy(), []  # a copy outlives the file, which closing the image releases
+        return image, []
     if mode in _SIXTEEN_BIT_MODES:
         scaled = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
         return Image.fromarray(scaled).convert("RGB"), [f"16-bit grayscale ({mode}): scaled to 8 bits, grey to RGB"]
