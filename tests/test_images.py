@@ -137,3 +137,12 @@ def test_damaged_files_are_skipped_and_counted_or_refused_when_strict(tmp_path):
     assert kept[10].name == "grey.png" and sum(notes.values()) == 1
     with pytest.raises(DataError, match="cut.jpg.*strict"):
         load_images(paths, (8, 8), strict=True, workers=2, progress=False)
+
+
+@pytest.mark.parametrize("suffix", ["gif", "tif", "webp", "bmp"])
+def test_other_formats_load_and_outlive_their_file(tmp_path, suffix):
+    path = tmp_path / f"a.{suffix}"
+    Image.fromarray(np.full((6, 7, 3), 200, np.uint8)).save(path)
+    array, _ = load_image(path)
+    path.unlink()  # the pixels were read in full: nothing still needs the file
+    assert array.shape == (6, 7, 3) and abs(int(array[0, 0, 0]) - 200) <= 8
