@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from cnnlab.data import (
+    CLASS_NAMES,
     _batch_key,
     _cache_key,
     _read_archive,
@@ -69,8 +70,9 @@ _NAMES_SHOWN = 3
 class ImageDataset:
     """A labelled image set: uint8 NHWC images, int64 labels, class names and where it came from.
 
-    ``origin`` holds kind (cifar10, cifar100, folder, npz), path, checksum, official (True/False/None)
-    and a note (e.g. a lossy copy, images skipped); ``source`` repeats the path for older reports.
+    ``class_names`` left empty become "0", "1", ...; ``origin`` holds kind (cifar10, cifar100, folder, npz),
+    path, checksum, official (True/False/None) and a note (e.g. a lossy copy, images skipped); ``source``
+    repeats the path for older reports.
     """
 
     x_train: np.ndarray
@@ -81,6 +83,9 @@ class ImageDataset:
     origin: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if not self.class_names:  # unnamed classes are called by their numbers
+            labels = [y for y in (self.y_train, self.y_test) if y is not None and len(y)]
+            self.class_names = range(max(int(np.max(y)) for y in labels) + 1) if labels else ()
         self.class_names = tuple(str(name) for name in self.class_names)
         if len(self.class_names) < 2:
             raise DataError(
@@ -131,15 +136,15 @@ def load_dataset(
         raise ConfigError(f"validation_split must lie between 0 and 1 (e.g. 0.2), got {validation_split}")
     name = str(spec).lower() if spec is not None else "cifar10"
     if name in ("cifar10", "cifar100"):
-        return _fixed_size(_load_cifar(name, None, label_mode), size, color_mode)
+        return _check_options(_load_cifar(name, None, label_mode), size, color_mode, validation_split)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder; {SPEC_HELP}")
     kind = _cifar_kind(path)
     if kind:
-        return _fixed_size(_load_cifar(kind, path, label_mode), size, color_mode)
+        return _check_options(_load_cifar(kind, path, label_mode), size, color_mode, validation_split)
     if path.suffix.lower() == ".npz":
-        return _fixed_size(_load_npz(path), size, color_mode)
+        return _split_npz(_check_options(_load_npz(path), size, color_mode), validation_split, seed)
     if not path.is_dir():
         raise DataError(f"{path}: not an image folder, .npz or CIFAR archive; {SPEC_HELP}")
     settings = {
@@ -162,8 +167,10 @@ def _as_size(image_size) -> tuple[int, int] | None:
     return size
 
 
-def _fixed_size(dataset: ImageDataset, size, color_mode: str) -> ImageDataset:
-    """Archives and arrays come at one size; say so instead of silently ignoring a folder-only option."""
+def _check_options(dataset: ImageDataset, size, color_mode: str, validation_split=None) -> ImageDataset:
+    """Archives and arrays come at one size, with a test split; say so instead of ignoring a folder option."""
+    if validation_split is not None:
+        raise ConfigError(f"{dataset.origin['path']} has its own test split; leave out --validation-split")
     height, width, channels = dataset.image_shape
     if size is not None and size != (height, width):
         raise ConfigError(
@@ -204,8 +211,6 @@ def _cifar_kind(path: Path) -> str | None:
 def _load_cifar(kind: str, path: Path | None, label_mode: str) -> ImageDataset:
     if kind == "cifar100":
         return _load_cifar100(path, label_mode)
-    from cnnlab.data import CLASS_NAMES
-
     (x_train, y_train), (x_test, y_test) = load_cifar10(path)
     described = source_description(path)
     official = described.get("official")
@@ -334,6 +339,16 @@ def _load_npz(path: Path) -> ImageDataset:
     return ImageDataset(
         arrays["x_train"], arrays["y_train"], arrays.get("x_test"), arrays.get("y_test"), tuple(names), origin
     )
+
+
+def _split_npz(dataset: ImageDataset, validation_split: float | None, seed: int) -> ImageDataset:
+    """An .npz without test arrays gets a stratified test share when ``validation_split`` asks for one."""
+    if validation_split is None:
+        return dataset
+    if dataset.x_test is not None:
+        raise ConfigError(f"{dataset.origin['path']} has x_test and y_test; leave out --validation-split")
+    x, x_test, y, y_test = stratified_split(dataset.x_train, dataset.y_train, validation_split, seed)
+    return ImageDataset(x, y, x_test, y_test, dataset.class_names, dataset.origin)
 
 
 # --------------------------------------------------------------------------- memory
@@ -492,6 +507,8 @@ def _folder_key(root: Path, scan: _Scan, settings: dict) -> str:
 
 def _load_folder(root: Path, settings: dict, strict: bool, progress: bool) -> ImageDataset:
     scan = _scan(root)
+    if "test" in scan.splits and settings["validation_split"] is not None:
+        raise ConfigError(f"{root} has train/ and test/ folders; leave out --validation-split")
     _warn_left_out(root, scan)
     class_names = tuple(scan.splits["train"])
     if settings["image_size"] is None:

@@ -123,6 +123,8 @@ def test_train_and_val_subfolders_and_a_stratified_validation_split(tmp_path):
             _images(tmp_path / "tv" / split / name, count)
     dataset = load_dataset(tmp_path / "tv")
     assert dataset.class_names == ("a", "b") and len(dataset.x_train) == 12 and len(dataset.x_test) == 4
+    with pytest.raises(ConfigError, match="has train/ and test/ folders; leave out --validation-split"):
+        load_dataset(tmp_path / "tv", validation_split=0.2)
     for name in ("a", "b"):
         _images(tmp_path / "one" / name, 10)
     split = load_dataset(tmp_path / "one", validation_split=0.2, seed=1)
@@ -335,6 +337,8 @@ def test_npz_with_and_without_test_split(tmp_path):
     np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(30) % 3, class_names=np.array(["a", "b", "c"]))
     dataset = load_dataset(tmp_path / "d.npz")
     assert dataset.image_shape == (28, 28, 1) and dataset.class_names == ("a", "b", "c") and dataset.x_test is None
+    split = load_dataset(tmp_path / "d.npz", validation_split=0.2)
+    assert np.bincount(split.y_test).tolist() == [2, 2, 2] and len(split.x_train) == 24
     np.savez(tmp_path / "e.npz", x_train=x, y_train=np.arange(30) % 3, x_test=x[:6], y_test=np.arange(6)[:, None] % 3)
     assert load_dataset(tmp_path / "e.npz").y_test.tolist() == [0, 1, 2, 0, 1, 2]
 
@@ -362,6 +366,8 @@ def test_bad_npz_names_the_array(tmp_path, arrays, message):
 def test_image_dataset_checks_its_arrays():
     with pytest.raises(DataError, match="at least two classes"):
         ImageDataset(np.zeros((2, 4, 4, 3), np.uint8), np.zeros(2, np.int64), class_names=("only",))
+    unnamed = ImageDataset(np.zeros((3, 4, 4, 1), np.uint8), np.array([0, 2, 1]))
+    assert unnamed.class_names == ("0", "1", "2") and unnamed.image_shape == (4, 4, 1) and unnamed.num_classes == 3
     with pytest.raises(DataError, match="1 or 3 channels"):
         ImageDataset(np.zeros((2, 4, 4, 2), np.uint8), np.zeros(2, np.int64), class_names=("a", "b"))
 
