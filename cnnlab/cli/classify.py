@@ -52,13 +52,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top must be 1..1000 (ImageNet has 1000 classes), got {args.top}")
     from cnnlab import pretrained
     from cnnlab.device import pick_device
+    from cnnlab.images import MAX_IMAGE_PIXELS
 
     if args.summary:
         print(pretrained.summary())  # counts and shapes do not depend on the weights
         if not args.photos:
             return 0
     model = pretrained.load_resnet50(args.weights).to(pick_device(args.device))
-    max_pixels = args.max_pixels or pretrained.MAX_IMAGE_PIXELS
+    max_pixels = args.max_pixels or MAX_IMAGE_PIXELS
     results, failures = pretrained.classify_photos(model, args.photos, args.top, args.resize, max_pixels)
     for result in results:
         print(pretrained.format_predictions(result))

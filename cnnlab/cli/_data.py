@@ -1,0 +1,86 @@
+"""The data options every training command shares (--data, --image-size, ...), and the loaders they feed."""
+
+from __future__ import annotations
+
+import argparse
+
+DATA_HELP = (
+    "the data set: cifar10 (default; $CNNLAB_CIFAR10, the cache or a download), cifar100 ($CNNLAB_CIFAR100), "
+    "a folder of class subfolders (optionally inside train/ and test/ or val/), an .npz with x_train, y_train "
+    "[, x_test, y_test, class_names], or a CIFAR-10/100 archive or folder"
+)
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '48x64' -> (48, 64), height first as in Keras."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        size = tuple(int(part) for part in parts)
+    except ValueError:
+        size = ()
+    if len(parts) == 1 and size:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give N (a square) or HxW, e.g. 64 or 48x64")
+    return size
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1, e.g. 0.2")
+    return value
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", metavar="SPEC", default=None, help=DATA_HELP)
+    group.add_argument(
+        "--image-size",
+        type=parse_image_size,
+        metavar="N|HxW",
+        help="image folders: resize to N x N or H x W (default: the most common size, at most 256)",
+    )
+    group.add_argument(
+        "--color-mode", choices=("rgb", "grayscale"), default="rgb", help="image folders: channels (default: rgb)"
+    )
+    group.add_argument(
+        "--crop-to-aspect-ratio",
+        action="store_true",
+        help="image folders: cut the centre to the target's aspect ratio instead of squashing",
+    )
+    group.add_argument(
+        "--validation-split",
+        type=_fraction,
+        metavar="FRACTION",
+        help="a folder without train/ and test/: share held out as the test set (stratified, default: 0.2)",
+    )
+    group.add_argument(
+        "--strict", action="store_true", help="stop at the first unreadable image instead of skipping it"
+    )
+
+
+def dataset_from_args(args: argparse.Namespace):
+    """The ImageDataset the data options name."""
+    from cnnlab.datasets import load_dataset
+
+    return load_dataset(
+        args.data,
+        image_size=args.image_size,
+        color_mode=args.color_mode,
+        crop_to_aspect_ratio=args.crop_to_aspect_ratio,
+        validation_split=args.validation_split,
+        seed=getattr(args, "split_seed", None) or 0,
+        strict=args.strict,
+    )
+
+
+def lab_data_from_args(args: argparse.Namespace, **overrides):
+    """The lab split (LabData) of the data set the options name; ``overrides`` go to ``load_lab_data``
+    (n_train_val, n_test, val_fraction, seed, dtype)."""
+    from cnnlab.data import load_lab_data
+
+    return load_lab_data(dataset_from_args(args), **overrides)
