@@ -151,7 +151,10 @@ def load_image(
     if size is not None:
         image = resize_image(image, size, resize)
     if color_mode == "grayscale":
-        return np.asarray(image.convert("L"), dtype=np.uint8)[..., None], notes
+        grey = np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
+        if not any("grey" in note for note in notes):  # a colour image: say it lost its colours
+            notes = [*notes, "colour converted to grayscale: the model takes 1-channel images"]
+        return grey, notes
     return np.asarray(image, dtype=np.uint8), notes
 
 

@@ -4,9 +4,8 @@ A model carries how its training images were prepared (class names, input size, 
 scaling); ``predict_images`` and ``evaluate_model`` read it from the model, so a photo is resized
 and scaled exactly as the training images were. Models saved before the file stored those facts are
 CIFAR-10 models: ``model_class_names`` and ``model_preprocessing`` fill in CIFAR-10's names, stretch
-resizing and the lab's x / 127.5 - 1. Image decoding (``_load_for_model``) and test data
-(``_evaluation_data``) each go through one adapter, so each switches to cnnlab.images / cnnlab.datasets
-in one place.
+resizing and the lab's x / 127.5 - 1. Images are decoded by cnnlab.images (the one image-loading
+path, batched in a process pool) and test sets loaded by cnnlab.datasets.
 """
 
 from __future__ import annotations
@@ -23,11 +22,8 @@ import numpy as np
 from cnnlab.data import CLASS_NAMES, scale_images
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.evaluation import Misclassified, confusion_matrix, misclassified, per_class_accuracy
+from cnnlab.images import IMAGE_SUFFIXES, RESIZE_MODES, load_images
 from cnnlab.training import Model
-
-RESIZE_MODES = ("stretch", "crop")
-# Until cnnlab.images lands: its IMAGE_SUFFIXES is the one list of image file suffixes.
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 # --------------------------------------------------------------------------- what a model knows about its input
@@ -79,46 +75,13 @@ def image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
         if not source.is_dir():
             files.append(source)
             continue
-        found = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+        found = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise DataError(
-                f"{source} holds no images ({', '.join(_IMAGE_SUFFIXES)}); pass image files or another folder"
+                f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}); pass image files or another folder"
             )
         files += found
     return files
-
-
-def _load_for_model(
-    paths: Sequence[Path], size: tuple[int, int], resize: str, color_mode: str
-) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]], Counter]:
-    """Decode, convert and resize image files: (uint8 N,h,w,c, kept paths, skipped (path, reason), notes).
-
-    The signature is cnnlab.images.load_images' (batched decoding in a process pool), which replaces this
-    one-at-a-time loop over pretrained.load_image when that module lands.
-    """
-    from PIL import Image
-
-    from cnnlab.pretrained import load_image, resize_for_resnet
-
-    if size[0] != size[1]:
-        raise ConfigError(f"this cnnlab resizes photos to square inputs only; the model takes {size[0]}x{size[1]}")
-    images, kept, skipped, notes = [], [], [], Counter()
-    for path in paths:
-        try:
-            image, image_notes = load_image(path)
-        except DataError as error:
-            skipped.append((path, str(error)))
-            continue
-        notes.update(image_notes)
-        array = resize_for_resnet(image, resize, size[0])
-        if color_mode == "grayscale":
-            array = np.asarray(Image.fromarray(array).convert("L"))[..., None]
-            notes["colour converted to grayscale: the model takes 1-channel images"] += 1
-        images.append(array)
-        kept.append(path)
-    channels = 1 if color_mode == "grayscale" else 3
-    stacked = np.stack(images) if images else np.zeros((0, *size, channels), np.uint8)
-    return stacked, kept, skipped, notes
 
 
 # --------------------------------------------------------------------------- predict
@@ -170,7 +133,7 @@ def predict_images(
         raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     height, width, channels = model.input_shape
     color_mode = "grayscale" if channels == 1 else "rgb"
-    images, kept, skipped, notes = _load_for_model(image_files(paths), (height, width), resize, color_mode)
+    images, kept, skipped, notes = load_images(image_files(paths), (height, width), resize, color_mode)
     probabilities = predict_probabilities(model, images, batch_size) if len(images) else np.zeros((0, len(class_names)))
     predictions = []
     for path, image, row in zip(kept, images, probabilities, strict=True):
@@ -201,20 +164,18 @@ def predictions_json(result: PredictResult, **extra) -> str:
 
 # --------------------------------------------------------------------------- evaluate
 def _evaluation_data(spec: str | os.PathLike | None, model: Model) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """The labelled images to evaluate on: (uint8 NHWC, int labels, class names).
+    """The labelled images to evaluate on, decoded at the model's input size: (uint8 NHWC, labels, names).
 
-    Today a CIFAR-10 archive or folder (its test split); cnnlab.datasets.load_dataset(spec,
-    image_size=model.input_shape[:2], ...) replaces this when it lands, for folders and .npz files too.
+    Any data set cnnlab.datasets loads; its test split when it has one, else all of its images.
     """
-    from cnnlab.data import load_cifar10
+    from cnnlab.datasets import load_dataset
 
-    _, (x_test, y_test) = load_cifar10(spec, allow_download=False)
-    if tuple(x_test.shape[1:]) != tuple(model.input_shape):
-        raise DataError(
-            f"the data's images are {'x'.join(map(str, x_test.shape[1:]))}, the model takes "
-            f"{'x'.join(map(str, model.input_shape))}; evaluate on data of the model's size"
-        )
-    return x_test, y_test, CLASS_NAMES
+    height, width, channels = model.input_shape
+    color_mode = "grayscale" if channels == 1 else "rgb"
+    dataset = load_dataset(spec, image_size=(height, width), color_mode=color_mode)
+    if dataset.x_test is not None:
+        return dataset.x_test, dataset.y_test, dataset.class_names
+    return dataset.x_train, dataset.y_train, dataset.class_names
 
 
 def check_class_names(model_names: Sequence[str], data_names: Sequence[str]) -> None:

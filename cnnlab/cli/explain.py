@@ -68,34 +68,28 @@ def load_model_images(
 ) -> tuple[list, list[Path], dict[Path, list[str]], list[tuple[Path, str]]]:
     """Decode and resize images to what the model takes: (arrays, kept paths, notes per path, failures)."""
     import numpy as np
-    from PIL import Image, ImageOps
 
     from cnnlab.explain import network_of
-    from cnnlab.pretrained import INPUT_SIZE, ResNet50, load_image, resize_for_resnet
+    from cnnlab.images import open_image, resize_image
+    from cnnlab.pretrained import INPUT_SIZE, ResNet50
 
     resnet = isinstance(network_of(model), ResNet50)
     height, width, channels = (INPUT_SIZE, INPUT_SIZE, 3) if resnet else model.input_shape
+    resize = "crop" if resnet else getattr(model, "preprocessing", {}).get("resize", "stretch")  # as trained
     arrays, kept, notes, failures = [], [], {}, []
     for path in paths:
         try:
-            image, image_notes = load_image(path)
+            image, image_notes = open_image(path)
         except DataError as error:
             failures.append((path, str(error)))
             continue
         notes[path] = list(image_notes)
-        if resnet:
-            array = resize_for_resnet(image, "crop")
-        else:
-            if image.size != (width, height):
-                why = "its Flatten layer needs" if not model.variable_input_size else "it was trained on"
-                notes[path].append(f"resized from {image.width}x{image.height} to {width}x{height} ({why} it)")
-            if getattr(model, "preprocessing", {}).get("resize") == "crop":  # as the model was trained
-                image = ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
-            else:
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(image.convert("L") if channels == 1 else image, dtype=np.uint8)
-            array = array.reshape(height, width, channels)
-        arrays.append(array)
+        if image.size != (width, height) and not resnet:
+            why = "its Flatten layer needs" if not model.variable_input_size else "it was trained on"
+            notes[path].append(f"resized from {image.width}x{image.height} to {width}x{height} ({why} it)")
+        image = resize_image(image, (height, width), resize)
+        array = np.asarray(image.convert("L") if channels == 1 else image, dtype=np.uint8)
+        arrays.append(array.reshape(height, width, channels))
         kept.append(path)
     return arrays, kept, notes, failures
 
