@@ -89,11 +89,11 @@ def _classify(ctx: LabContext) -> tuple[dict, list[str]]:
     classified = {"model": model, "results": results, "failures": failures, "seconds": seconds, "weights": weights.name}
     if results:
         plot_predictions(results, ctx.path("figures", "resnet_photos.png"))
-        classified["gradcam"] = _grad_cam(ctx, model, results)
+        classified["gradcam"] = photo_grad_cams(ctx, model, results)
     return classified, []
 
 
-def _grad_cam(ctx: LabContext, model: ResNet50, results) -> dict:
+def photo_grad_cams(ctx: LabContext, model: ResNet50, results) -> dict:
     """Grad-CAM of each photo's top class at ResNet50's last block, as one figure; its timing and how
     much of each map lies in the photo's central quarter."""
     started = time.perf_counter()
