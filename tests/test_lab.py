@@ -200,7 +200,7 @@ def test_part1_matches_the_learned_filters_and_shares_run_e_with_part5(tmp_path,
     facts, answers = section.facts, answers_of(section)
     learned, untrained = facts["learned_filters"], facts["untrained_filters"]
     assert sum(learned.values()) == sum(untrained.values()) == 16 and list(learned) == list(CATEGORIES)
-    matches, counts = section.tables[2], section.tables[3]
+    counts, matches = section.tables[2], section.tables[3]
     assert [row[4] for row in matches.rows].count("colour") == learned["colour"]
     assert counts.rows == [[category, learned[category], untrained[category]] for category in CATEGORIES]
     answer = answers["Does a trained CNN learn filters like these by itself?"]

@@ -142,7 +142,7 @@ def _learned_filters(ctx: LabContext) -> Section:
         model, history = lab_cnn(ctx)
     except PartSkipped as skip:
         return Section(key="convolution", title="", missing=f"learned filters: {skip}")
-    explain.filter_grid(model, ctx.path("figures", "learned_filters.png"))
+    explain.filter_grid(model, ctx.path("figures", "learned_filters.png"), columns=8)  # two bands: readable cells
     trained = explain.match_filters(model)
     untrained = explain.match_filters(_untrained_twin(model))
     counts, initial = explain.summarize_filters(trained), explain.summarize_filters(untrained)
@@ -174,6 +174,11 @@ def _learned_filters(ctx: LabContext) -> Section:
         ],
         tables=[
             Table(
+                "How many filters of each kind",
+                ["category", "trained", "untrained (same seed)"],
+                [[category, counts[category], initial[category]] for category in explain.CATEGORIES],
+            ),
+            Table(
                 "Learned filters and their closest classical kernel (cosine similarity of the grey kernel)",
                 ["filter", "closest kernel", "similarity", "colour share", "category", "untrained: category"],
                 [
@@ -187,11 +192,6 @@ def _learned_filters(ctx: LabContext) -> Section:
                     ]
                     for row, before in zip(trained, untrained, strict=True)
                 ],
-            ),
-            Table(
-                "How many filters of each kind",
-                ["category", "trained", "untrained (same seed)"],
-                [[category, counts[category], initial[category]] for category in explain.CATEGORIES],
             ),
         ],
         answers=[("Does a trained CNN learn filters like these by itself?", answer), *whitening.answers],
