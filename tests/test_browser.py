@@ -18,7 +18,9 @@ import pytest
 from conftest import require_path
 from PIL import Image
 
-from cnnlab.lab import LabContext, Section, p1_convolution, p3_data, run_parts
+from cnnlab.evaluation import misclassified
+from cnnlab.lab import LabContext, Section, p1_convolution, p3_data, p4_cnn, p5_generalization, p7_resnet, run_parts
+from cnnlab.pretrained import ResNet50
 from cnnlab.report import ReportInfo, write_report
 
 pytestmark = pytest.mark.browser
@@ -32,19 +34,56 @@ window.addEventListener("load", () => {
 });
 </script>"""
 
+# Every figure the report fixture draws, in report order: parts 1 and 3 as they run, and the figures
+# parts 4, 5 and 7 add to see inside the network (drawn by the parts' own code on part 1's tiny run E).
+EXPECTED_FIGURES = [
+    "convolution_same.png",
+    "learned_filters.png",
+    "samples.png",
+    "feature_maps.png",
+    "gradcam_mistakes.png",
+    "gradcam_correct.png",
+    "top_losses.png",
+    "resnet_photos.png",
+    "resnet_gradcam.png",
+]
+
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     return require_path(CHROMIUM, "chromium (run scripts/install_chromium.sh)")
 
 
+def _inside_the_network(ctx: LabContext, photos_dir: Path) -> list[Section]:
+    """Parts 4, 5 and 7's figures of the network's inside, without training parts 4 and 5's other runs:
+    part 1's tiny run E stands in for their models, an untrained ResNet50 for the ImageNet weights."""
+    data, model = ctx.lab_data(), ctx.cache["models"]["E"]
+    figure, table, _, _ = p4_cnn.feature_maps_of_one_image(ctx, "E", model)
+    cnn = Section(key="cnn", title="Part 4: 2D CNN", figures=[figure], tables=[table])
+    probabilities = model.predict(data.x_test)
+    generalization = p5_generalization.explain_mistakes(
+        ctx, model, probabilities, misclassified(data.y_test, probabilities)
+    )
+    generalization.title = "Part 5: Model generalization"
+    ctx.photos = ctx.path("photos", "chelsea.png").parent
+    shutil.copyfile(photos_dir / "chelsea.png", ctx.photos / "chelsea.png")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(p7_resnet, "resolve_weights_path", lambda _weights: Path("untrained"))
+        patch.setattr(p7_resnet, "load_resnet50", lambda *_args, **_options: ResNet50())
+        resnet = p7_resnet.run(ctx)
+    return [cnn, generalization, resnet]
+
+
 @pytest.fixture(scope="module")
-def report(tmp_path_factory, scipy_ascent, cifar10_archive, session_cache) -> Path:
-    """A real report: parts 1 and 3 run on tiny settings, plus a part skipped for a missing input."""
+def report(tmp_path_factory, scipy_ascent, cifar10_archive, photos_dir, session_cache) -> Path:
+    """A real report: parts 1 and 3 run on tiny settings, the new figures of parts 4, 5 and 7, and a part
+    skipped for a missing input."""
     out = tmp_path_factory.mktemp("lab")
     ctx = LabContext(out=out, tiny=True, data_source=cifar10_archive, carbon=False)
     sections = run_parts(ctx, [("convolution", p1_convolution.run), ("data", p3_data.run)], live=False)
-    sections.append(Section(key="resnet", title="Part 7: Pre-trained 2D CNNs", skipped="no photos were given; ..."))
+    sections += _inside_the_network(ctx, photos_dir)
+    sections.append(Section(key="tuning", title="Part 8: Hyperparameter search", skipped="no study; ..."))
+    assert [Path(path).name for section in sections for path, _ in section.figures] == EXPECTED_FIGURES
     html_path, _ = write_report(sections, out, ReportInfo("tiny", ctx.lab_data().source))
     return html_path
 
@@ -84,7 +123,7 @@ def test_report_is_self_contained(report):
     text = report.read_text()
     assert "<script" not in text and "<link" not in text
     assert not re.search(r'(src|href)="(?!data:|#)', text), "every image is a data URI and every link an anchor"
-    assert text.count('<img src="data:image/png;base64,') == 2  # ascent's responses and the CIFAR-10 samples
+    assert text.count('<img src="data:image/png;base64,') == len(EXPECTED_FIGURES)
 
 
 def test_every_image_is_displayed_without_console_errors(chromium, report, tmp_path):

@@ -288,3 +288,14 @@ def test_explain_cli_on_resnet50_maps_the_cat(resnet_weights, session_cache, pho
     out = capsys.readouterr().out
     assert "cat" in out.splitlines()[0] and "at layer blocks.conv5_block3" in out
     assert (tmp_path / "gradcam.png").stat().st_size > 20_000
+
+
+def test_classify_explain_writes_a_grad_cam_per_photo(resnet_weights, session_cache, photos_dir, tmp_path, capsys):
+    photos = [photos_dir / "chelsea.png", photos_dir / "coffee.png"]
+    arguments = ["classify", *map(str, photos), "--weights", str(resnet_weights), "--out", str(tmp_path), "--explain"]
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    for name in ("chelsea_png", "coffee_png"):
+        figure = tmp_path / f"gradcam_{name}.png"
+        assert f"Grad-CAM: {figure}" in out
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 20_000

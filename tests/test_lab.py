@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import require_path
+from safetensors.torch import save_file
 
 from cnnlab.cli import main
 from cnnlab.data import LabData
 from cnnlab.device import Throughput, configure_threads
 from cnnlab.errors import DataError
+from cnnlab.explain import CATEGORIES, match_filters
 from cnnlab.lab import (
     LabContext,
     PartSkipped,
@@ -25,12 +28,14 @@ from cnnlab.lab import (
     load_estimates,
     p1_convolution,
     p2_device,
+    p4_cnn,
     p5_generalization,
     p6_carbon,
     p7_resnet,
     p8_tuning,
     run_parts,
 )
+from cnnlab.models import build_cnn
 from cnnlab.report import ReportInfo, render_markdown
 
 
@@ -166,7 +171,7 @@ def test_parts_are_discovered_in_lab_order():
 def test_part1_answers_follow_the_image(tmp_path, monkeypatch):
     image = np.random.default_rng(0).uniform(0, 255, (100, 80))
     monkeypatch.setattr(p1_convolution, "load_ascent", lambda: image)
-    section = p1_convolution.run(tiny_context(tmp_path))
+    section = p1_convolution.run(tiny_context(tmp_path, synthetic_data(5, True, n_train=96, n_eval=32)))
     answers = answers_of(section)
     assert answers["2"].startswith("100 x 80 pixels with 1 channel")
     assert "Gaussian (sigma 4): 86 x 66 = (100 - 15 + 1) x (80 - 15 + 1)" in answers["5"]
@@ -177,11 +182,49 @@ def test_part1_answers_follow_the_image(tmp_path, monkeypatch):
 
 
 def test_part1_on_ascent(tmp_path, scipy_ascent):
-    answers = answers_of(p1_convolution.run(tiny_context(tmp_path)))
+    data = synthetic_data(5, True, n_train=96, n_eval=32)
+    answers = answers_of(p1_convolution.run(tiny_context(tmp_path, data)))
     assert answers["2"].startswith("512 x 512 pixels with 1 channel")
     assert answers["3"].startswith("Gaussian (sigma 4) 15 x 15, Sobel X 3 x 3, Sobel Y 3 x 3.")
     assert "498 x 498" in answers["5"] and "510 x 510" in answers["5"]
     assert "Sobel X responds up to 4 and Sobel Y 0" in answers["1"]
+
+
+def test_part1_matches_the_learned_filters_and_shares_run_e_with_part5(tmp_path, monkeypatch):
+    monkeypatch.setattr(p1_convolution, "load_ascent", lambda: np.random.default_rng(0).uniform(0, 255, (40, 40)))
+    ctx = tiny_context(tmp_path, synthetic_data(6, True, n_train=96, n_eval=32))
+    whitening = np.zeros((24, 3, 2, 2), np.float32)
+    whitening[:, :, 0, :], whitening[:, :, 1, :] = 1, -1  # 24 grey horizontal-edge filters
+    save_file({"whiten.weight": torch.from_numpy(whitening)}, ctx.path("runs", "recipe_fast", "weights.safetensors"))
+    section = p1_convolution.run(ctx)
+    facts, answers = section.facts, answers_of(section)
+    learned, untrained = facts["learned_filters"], facts["untrained_filters"]
+    assert sum(learned.values()) == sum(untrained.values()) == 16 and list(learned) == list(CATEGORIES)
+    counts, matches = section.tables[2], section.tables[3]
+    assert [row[4] for row in matches.rows].count("colour") == learned["colour"]
+    assert counts.rows == [[category, learned[category], untrained[category]] for category in CATEGORIES]
+    answer = answers["Does a trained CNN learn filters like these by itself?"]
+    assert f"{learned['edge']} are closest to an edge detector" in answer and f"{learned['colour']} respond" in answer
+    assert f"had {untrained['edge']} are closest" in answer
+    # The untrained column is the trained model's own starting point: build_cnn with the same seed.
+    initial = build_cnn(**p4_cnn.LAB_RUNS["E"][1], device="cpu").network.conv2d_1.weight
+    model = ctx.cache["models"]["E"]
+    assert not torch.equal(initial, model.network.conv2d_1.weight.cpu())
+    assert [row[5] for row in matches.rows] == [match.category for match in match_filters(initial)]
+    assert p5_generalization.lab_cnn(ctx)[0] is model  # part 5 tests this model instead of training it again
+    assert facts["recipe_whitening"]["edge"] == 24
+    assert "24 2x2x3 filters are not learned but computed" in answers["And the recipe network's first layer?"]
+    names = [Path(path).name for path, _ in section.figures]
+    assert names == ["convolution_same.png", "learned_filters.png", "recipe_whitening_filters.png"]
+    assert all((tmp_path / path).read_bytes().startswith(b"\x89PNG") for path, _ in section.figures)
+
+
+def test_part1_without_cifar10_still_answers_and_comes_back_for_the_filters(tmp_path, monkeypatch):
+    monkeypatch.setattr(p1_convolution, "load_ascent", lambda: np.random.default_rng(0).uniform(0, 255, (40, 40)))
+    ctx = tiny_context(tmp_path, data_source=tmp_path / "no-cifar.tar.xz")
+    (section,) = run_parts(ctx, [("convolution", p1_convolution.run)], live=False)
+    assert section.missing.startswith("learned filters: CIFAR-10 could not be loaded")
+    assert len(section.answers) == 6 and not (tmp_path / "parts" / "convolution.json").exists()
 
 
 def test_part1_without_ascent_is_skipped_with_the_fix(tmp_path, monkeypatch):
@@ -234,11 +277,41 @@ def test_part5_answers_quote_its_measurements_and_change_with_the_data(tmp_path)
         assert "this model was built for 32x32" in answers["28"]  # the model's own refusal, quoted
         assert f"ends at {facts['augmented']['train_accuracy'][-1]:.1%}" in answers["26"]
         assert "(on a copy of CIFAR-10 that is not the official archive)" in answers["24"]
-    assert len(sections[0].figures) == 5
+        index, loss = facts["top_losses"][0]
+        assert answers["Which test images cost the most loss, and which classes are confused?"].startswith(
+            f"The highest loss, {loss:.2f}, is test image {index}: "
+        )
+        true, predicted, count = facts["most_confused_pairs"][0]
+        assert (
+            f"The most frequent mistake is {true} taken for {predicted} ({count} of the "
+            in answers["Which test images cost the most loss, and which classes are confused?"]
+        )
+        shares = facts["gradcam_central_share"]
+        assert (
+            f"puts {shares['correct']:.0%} of its weight in the central quarter"
+            in answers["Where does the model look when it is right, and when it is wrong?"]
+        )
+        assert section.tables[-1].title == "Most confused class pairs" and len(section.tables[-2].rows) == 12
+    assert len(sections[0].figures) == 8
     assert all((tmp_path / "banded" / path).is_file() for path, _ in sections[0].figures)
     first, second = (answers_of(section) for section in sections)
     assert first["24"] != second["24"] and first["29"] != second["29"]
     assert first["27"] == second["27"]  # what augmentation could do does not depend on the data
+
+
+def test_part4_traces_one_image_through_the_conv_blocks(tmp_path):
+    ctx = tiny_context(tmp_path, synthetic_data(7, True, n_train=32, n_eval=16))
+    model = build_cnn(n_conv_layers=3, n_filters=8, device="cpu")  # untrained: the shapes do not depend on it
+    figure, table, sentence, shapes = p4_cnn.feature_maps_of_one_image(ctx, "X", model)
+    assert shapes == [[32, 32, 3], [16, 16, 8], [8, 8, 16], [4, 4, 32]]
+    assert "(32, 32, 3) -> (16, 16, 8) -> (8, 8, 16) -> (4, 4, 32)" in sentence
+    assert "channels go 3 -> 8 -> 16 -> 32" in sentence and "width go 32 -> 16 -> 8 -> 4" in sentence
+    assert [row[:2] for row in table.rows] == [
+        ["max_pooling2d_1", "(16, 16, 8)"],
+        ["max_pooling2d_2", "(8, 8, 16)"],
+        ["max_pooling2d_3", "(4, 4, 32)"],
+    ]
+    assert (tmp_path / figure[0]).read_bytes().startswith(b"\x89PNG")
 
 
 def test_part6_compares_batch_sizes_and_lists_the_lab_runs(tmp_path):
@@ -272,6 +345,13 @@ def test_part7_classifies_the_photos(tmp_path, photos_dir, session_cache):
     section = p7_resnet.run(tiny_context(tmp_path, photos=photos_dir, weights=weights))
     assert section.missing == ""
     assert section.facts["photos"]["chelsea.png"] in {"tabby", "tiger_cat", "Egyptian_cat"}
+    shares = section.facts["gradcam_central_share"]
+    assert set(shares) == set(section.facts["photos"]) and all(0 < share <= 1 for share in shares.values())
+    assert (
+        "Grad-CAM at blocks.conv5_block3 (a 7 x 7 map, upsampled)"
+        in answers_of(section)["Where does ResNet50 look in the photos?"]
+    )
+    assert (tmp_path / "figures" / "resnet_gradcam.png").stat().st_size > 50_000
     assert (
         "the top class's probability ranges from"
         in answers_of(section)["Are the predictions correct, and how certain is the network?"]
@@ -292,7 +372,7 @@ def test_part8_reports_the_trials_it_ran(tmp_path):
 # --------------------------------------------------------------------------- the command
 
 
-def test_cli_writes_both_reports_and_reuses_finished_parts(tmp_path, scipy_ascent, capsys):
+def test_cli_writes_both_reports_and_reuses_finished_parts(tmp_path, scipy_ascent, session_cache, capsys):
     out = tmp_path / "report"
     assert main(["lab", "--tiny", "--only", "convolution", "--out", str(out)]) == 0
     assert (out / "report.html").is_file() and (out / "report.md").is_file()

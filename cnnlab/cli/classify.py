@@ -42,6 +42,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--summary", action="store_true", help="print the Keras-style layer table and parameter counts first"
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also write a Grad-CAM overlay per photo (OUT/gradcam_NAME.png): where the top class's score comes from",
+    )
     parser.set_defaults(func=run)
 
 
@@ -70,4 +75,19 @@ def run(args: argparse.Namespace) -> int:
     if results:
         figure = pretrained.plot_predictions(results, args.out / "predictions.png")
         print(f"Figure: {figure}")
+    if results and args.explain:
+        for path in write_grad_cams(model, results, args.out):
+            print(f"Grad-CAM: {path}")
     return 1 if failures else 0
+
+
+def write_grad_cams(model, results, out: Path) -> list[Path]:
+    """One Grad-CAM figure per classified photo, named after the photo (suffix kept: cat.jpg and cat.png differ)."""
+    from cnnlab import explain
+
+    written = []
+    for result in results:
+        path = out / f"gradcam_{result.path.stem}_{result.path.suffix.lstrip('.')}.png"
+        explain.overlay_figure(explain.grad_cam(model, result.image), path, titles=[result.path.name])
+        written.append(path)
+    return written

@@ -2,7 +2,9 @@
 
 Classical filters on scipy's ascent image and the output shape of each mode. Every answer is computed
 from the image and kernels of this run: the shapes are those of the responses scipy returned, and the
-filters' effects are measured on the image and on a test edge.
+filters' effects are measured on the image and on a test edge. The lab says a CNN learns such filters
+instead of having them designed: the first-layer filters of part 4's run E (trained here once and
+reused by parts 4 and 5) are matched to the classical kernels, and compared with the same network untrained.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab import explain
 from cnnlab.convolution import (
     MODES,
     SOBEL_X,
@@ -23,10 +26,14 @@ from cnnlab.convolution import (
 )
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.lab import LabContext, PartSkipped, Section, Table
+from cnnlab.lab.p4_cnn import LAB_RUNS
+from cnnlab.lab.p5_generalization import BEST_RUN, lab_cnn
 
-ESTIMATED_SECONDS = {"full": 5, "quick": 5, "tiny": 5}
+# The full and quick runs include training part 4's run E, which parts 4 and 5 then reuse.
+ESTIMATED_SECONDS = {"full": 90, "quick": 25, "tiny": 10}
 CIFAR_SIDE = 32
 LAB_CONV_BLOCKS = 4  # the deepest model of part 4: four conv (3x3) + max-pool (2x2) blocks
+RECIPE_RUN = "recipe_fast"  # part 9's run of the recipe network, whose first layer is frozen whitening
 
 
 def _ascent() -> np.ndarray:
@@ -81,6 +88,117 @@ def _border_use(side: int = 6) -> np.ndarray:
     return convolve(np.ones((side - 2, side - 2)), np.ones((3, 3)), "full")
 
 
+def _untrained_twin(model):
+    """Run E's network as built before training: the same build_cnn settings and seed, no fit."""
+    from cnnlab.models import build_cnn
+
+    return build_cnn(input_shape=model.input_shape, device="cpu", **LAB_RUNS[BEST_RUN][1])
+
+
+def _count_text(counts: dict[str, int]) -> str:
+    return (
+        f"{counts['edge']} are closest to an edge detector (Sobel or Laplacian), {counts['blur']} to a blur "
+        f"(Gaussian or box), {counts['colour']} respond to colour and {counts['other']} match nothing well"
+    )
+
+
+def _recipe_whitening(ctx: LabContext) -> Section:
+    """Part 9's frozen whitening filters, when its recipe run is in this output folder (else nothing)."""
+    weights_file = ctx.out / "runs" / RECIPE_RUN / "weights.safetensors"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights_file), "pt") as handle:
+            weights = handle.get_tensor("whiten.weight")
+    except (OSError, KeyError, ValueError, RuntimeError):  # not trained here (yet), or another network
+        return Section(key="convolution", title="")
+    explain.filter_grid(weights, ctx.path("figures", "recipe_whitening_filters.png"))
+    counts = explain.summarize_filters(explain.match_filters(weights))
+    count, channels, height, width = weights.shape
+    return Section(
+        key="convolution",
+        title="",
+        figures=[
+            (
+                "figures/recipe_whitening_filters.png",
+                f"Part 9's recipe network: its first layer, {count} frozen {height}x{width} whitening filters "
+                "computed from the training images (not learned)",
+            )
+        ],
+        answers=[
+            (
+                "And the recipe network's first layer?",
+                f"Its {count} {height}x{width}x{channels} filters are not learned but computed (PCA whitening of "
+                f"2x2 patches): {_count_text(counts)}.",
+            )
+        ],
+        facts={"recipe_whitening": counts},
+    )
+
+
+def _learned_filters(ctx: LabContext) -> Section:
+    """Run E's first-layer filters beside Part 1's kernels, matched to them, and the same network untrained."""
+    try:
+        model, history = lab_cnn(ctx)
+    except PartSkipped as skip:
+        return Section(key="convolution", title="", missing=f"learned filters: {skip}")
+    explain.filter_grid(model, ctx.path("figures", "learned_filters.png"), columns=8)  # two bands: readable cells
+    trained = explain.match_filters(model)
+    untrained = explain.match_filters(_untrained_twin(model))
+    counts, initial = explain.summarize_filters(trained), explain.summarize_filters(untrained)
+    epochs, accuracy = len(history["val_accuracy"]), history["val_accuracy"][-1]
+    changed = sum(row.category != before.category for row, before in zip(trained, untrained, strict=True))
+    best = max(trained, key=lambda row: row.similarity if row.category != "colour" else -1)
+    mean_similarity = [float(np.mean([row.similarity for row in rows])) for rows in (trained, untrained)]
+    answer = (
+        f"Of the {len(trained)} first-layer filters of run E ({LAB_RUNS[BEST_RUN][0]}, "
+        f"{epochs} epoch{'s' * (epochs > 1)}, "
+        f"validation accuracy {accuracy:.1%}), {_count_text(counts)}. The same network untrained (same seed) "
+        f"had {_count_text(initial)}: random filters look like colour detectors because their three channels "
+        f"are drawn independently, so training's work is the difference: {changed} of the {len(trained)} filters "
+        "changed category. The grey kernels' mean "
+        f"similarity to their closest classical kernel went from {mean_similarity[1]:.2f} to "
+        f"{mean_similarity[0]:.2f}; the closest match is filter {best.index}, {best.best} at {best.similarity:.2f}."
+    )
+    whitening = _recipe_whitening(ctx)
+    return Section(
+        key="convolution",
+        title="",
+        figures=[
+            (
+                "figures/learned_filters.png",
+                f"Run E's {len(trained)} learned first-layer filters beside Part 1's Gaussian and Sobel kernels, "
+                "each titled with its category and closest classical kernel",
+            ),
+            *whitening.figures,
+        ],
+        tables=[
+            Table(
+                "How many filters of each kind",
+                ["category", "trained", "untrained (same seed)"],
+                [[category, counts[category], initial[category]] for category in explain.CATEGORIES],
+            ),
+            Table(
+                "Learned filters and their closest classical kernel (cosine similarity of the grey kernel)",
+                ["filter", "closest kernel", "similarity", "colour share", "category", "untrained: category"],
+                [
+                    [
+                        row.index,
+                        row.best,
+                        f"{row.similarity:.2f}",
+                        f"{row.colour_share:.2f}",
+                        row.category,
+                        before.category,
+                    ]
+                    for row, before in zip(trained, untrained, strict=True)
+                ],
+            ),
+        ],
+        answers=[("Does a trained CNN learn filters like these by itself?", answer), *whitening.answers],
+        facts={"learned_filters": counts, "untrained_filters": initial, **whitening.facts},
+    )
+
+
 def run(ctx: LabContext) -> Section:
     image = _ascent()
     kernels = {"Gaussian (sigma 4)": gaussian_kernel((15, 15), 4), "Sobel X": SOBEL_X, "Sobel Y": SOBEL_Y}
@@ -105,6 +223,7 @@ def run(ctx: LabContext) -> Section:
     same_sizes = _sizes_through_blocks(CIFAR_SIDE, "same", LAB_CONV_BLOCKS)
     use = _border_use()
     full_gauss = shapes[gaussian_name]["full"]
+    learned = _learned_filters(ctx)
 
     answers = [
         (
@@ -153,7 +272,10 @@ def run(ctx: LabContext) -> Section:
         intro=f"scipy's ascent image ({height} x {width}) convolved with `scipy.signal.convolve2d` (true "
         "convolution, zero padding) by a 15x15 Gaussian (sigma 4, MATLAB's fspecial) and the Sobel X and Y "
         "filters, in each of the modes full, same and valid.",
-        figures=[("figures/convolution_same.png", "The image and the absolute filter responses (mode 'same')")],
+        figures=[
+            ("figures/convolution_same.png", "The image and the absolute filter responses (mode 'same')"),
+            *learned.figures,
+        ],
         tables=[
             Table(
                 "Response shapes per mode",
@@ -165,13 +287,16 @@ def run(ctx: LabContext) -> Section:
                 ["padding", "sides after each block"],
                 [["valid", " -> ".join(valid_sizes)], ["same", " -> ".join(same_sizes)]],
             ),
+            *learned.tables,
         ],
-        answers=answers,
+        answers=answers + learned.answers,
         facts={
             "image_shape": list(image.shape),
             "kernel_shapes": {name: list(kernel.shape) for name, kernel in kernels.items()},
             "response_shapes": {name: {m: list(s) for m, s in by_mode.items()} for name, by_mode in shapes.items()},
             "neighbour_difference": {"original": sharp, "gaussian": blurred},
             "edge_test": edge,
+            **learned.facts,
         },
+        missing=learned.missing,
     )

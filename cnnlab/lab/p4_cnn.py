@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from cnnlab import explain
+from cnnlab.data import CLASS_NAMES
+from cnnlab.evaluation import class_indices
 from cnnlab.lab import LabContext, Section, Table
 from cnnlab.plots import plot_results
 from cnnlab.summary import summary_rows
@@ -37,6 +40,39 @@ def train_run(ctx: LabContext, key: str, build: dict, batch_size: int, epochs: i
     return result
 
 
+def feature_maps_of_one_image(ctx: LabContext, key: str, model) -> tuple[tuple[str, str], Table, str, list]:
+    """The first test image through each conv block of run ``key`` (after BatchNorm and pooling): a
+    figure of the most active channels, a table of the block shapes, a sentence on what Conv2D does, the shapes."""
+    data = ctx.lab_data()
+    image = data.x_test[0]
+    names = getattr(data, "class_names", None) or CLASS_NAMES
+    label = names[int(class_indices(data.y_test[:1])[0])]
+    blocks = explain.feature_maps(model, image)
+    explain.feature_map_figure(image, blocks, ctx.path("figures", "feature_maps.png"))
+    shapes = [tuple(image.shape), *(block.shape for block in blocks)]
+    table = Table(
+        f"Feature maps of test image 0 ({label}) through run {key}'s conv blocks, after BatchNorm and pooling",
+        ["block output", "shape (height, width, channels)", "most active channels", "their mean activation"],
+        [
+            [block.name, str(block.shape), ", ".join(map(str, block.channels[:4])),
+             ", ".join(f"{value:.2f}" for value in block.mean_activation[:4])]
+            for block in blocks
+        ],
+    )  # fmt: skip
+    sentence = (
+        f"Traced on test image 0 ({label}) through run {key}: {' -> '.join(map(str, shapes))}. The channels "
+        f"go {' -> '.join(str(shape[2]) for shape in shapes)} (each block's number of filters) while height and "
+        f"width go {' -> '.join(str(shape[0]) for shape in shapes)}: the conv layers keep them, each 2x2 max "
+        "pooling halves them."
+    )
+    figure = (
+        "figures/feature_maps.png",
+        f"Test image 0 ({label}) through run {key}: the most active channels after each conv block's "
+        "BatchNorm and pooling, with the map's (height, width, channels)",
+    )
+    return figure, table, sentence, [list(shape) for shape in shapes]
+
+
 def run(ctx: LabContext) -> Section:
     epochs = ctx.epochs(20, 4)
     results = {}
@@ -50,6 +86,7 @@ def run(ctx: LabContext) -> Section:
         for key, r in results.items()
     ]
     model_c = ctx.cache["models"]["C"]
+    maps_figure, maps_table, maps_sentence, map_shapes = feature_maps_of_one_image(ctx, "C", model_c)
     layer_rows = summary_rows(model_c.network, model_c.input_shape)
     biggest = max(layer_rows, key=lambda row: row[3])
     conv_rows = [row for row in layer_rows if row[1] == "Conv2D"]
@@ -76,7 +113,7 @@ def run(ctx: LabContext) -> Section:
         ("16. Input and output of a Conv2D layer?",
          f"A 4-D batch (batch, height, width, channels) in, a 4-D batch out: {conv_rows[0][0]} maps the "
          f"(None, 32, 32, 3) images to {conv_rows[0][2]}; with 'same' padding height and width stay and the "
-         "channels become the number of filters."),
+         "channels become the number of filters. " + maps_sentence),
         ("17. Is the batch size always the first dimension?",
          "Yes: Keras' data_format only moves the channels (channels_last NHWC or channels_first NCHW); the batch "
          "stays first. PyTorch is NCHW; cnnlab accepts NHWC arrays and feeds them as channels_last memory."),
@@ -106,9 +143,9 @@ def run(ctx: LabContext) -> Section:
         title="Part 4: 2D CNN",
         intro=f"Five configurations from the lab, each trained {epochs} epochs with Adam (learning rate 0.01) on "
         "the training images, validated on the validation images and tested once on the test images.",
-        figures=[(f"figures/run_{k}.png", f"Run {k}: {LAB_RUNS[k][0]}") for k in results],
+        figures=[*((f"figures/run_{k}.png", f"Run {k}: {LAB_RUNS[k][0]}") for k in results), maps_figure],
         tables=[Table("The lab's configurations", ["run", "model", "batch", "epochs", "parameters", "train acc",
-                                                   "best val acc", "test acc"], rows)],
+                                                   "best val acc", "test acc"], rows), maps_table],
         answers=answers,
-        facts={"runs": results, "best": best_key},
+        facts={"runs": results, "best": best_key, "feature_map_shapes": map_shapes},
     )

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab import explain
 from cnnlab.augment import Augmentation
 from cnnlab.data import CLASS_NAMES
 from cnnlab.errors import DataError
 from cnnlab.evaluation import (
     LAB_SIZES,
+    class_indices,
     confusion_matrix,
     evaluate_rotated,
     evaluate_sizes,
@@ -36,8 +38,126 @@ from cnnlab.plots import (
 ESTIMATED_SECONDS = {"full": 120, "quick": 35, "tiny": 15}
 BEST_RUN = "E"  # part 4's best configuration in the lab: 2 conv, dense 32, dropout, batch 128
 LAB_EPOCHS = (20, 4)  # full and quick, as part 4 trains run E
+EXPLAINED_IMAGES = 8  # Grad-CAM maps per figure: the most confident mistakes, and correct images
+TOP_LOSSES = 12
 # The lab's kind of ImageDataGenerator: small rotations and shifts, and mirror images.
 LAB_AUGMENTATION = dict(rotation_range=15, width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)
+
+
+def lab_cnn(ctx: LabContext):
+    """Part 4's run E as part 5 tests it, and its history: trained once, shared with part 1's filters."""
+    _label, build, batch_size = LAB_RUNS[BEST_RUN]
+    return ctx.trained_model(BEST_RUN, build, batch_size, ctx.epochs(*LAB_EPOCHS))
+
+
+def central_share(maps: np.ndarray) -> float:
+    """Mean share of the maps' weight inside the central half of each side (a quarter of the area)."""
+    height, width = maps.shape[1:]
+    centre = maps[:, height // 4 : height - height // 4, width // 4 : width - width // 4].sum((1, 2))
+    return float(np.mean(centre / np.maximum(maps.sum((1, 2)), 1e-12)))
+
+
+def _grad_cam_figure(ctx: LabContext, model, data, indices, name: str, caption: str) -> tuple[list, float | None]:
+    """Grad-CAM of the given test images as one figure; no figure when there are none."""
+    if not len(indices):
+        return [], None
+    cams = explain.grad_cam(model, data.x_test[indices])
+    explain.overlay_figure(cams, ctx.path("figures", name), true_labels=class_indices(data.y_test[indices]))
+    return [(f"figures/{name}", f"{caption} (Grad-CAM at {cams.layer})")], central_share(cams.maps)
+
+
+def explain_mistakes(ctx: LabContext, model, probabilities: np.ndarray, mistakes) -> Section:
+    """Where the model looks when it is right and when it is surest of a mistake (Grad-CAM), the test
+    images with the highest loss and the most confused class pairs, and answers from those numbers."""
+    data = ctx.lab_data()
+    names = getattr(model, "class_names", None) or getattr(data, "class_names", None) or CLASS_NAMES
+    correct = np.flatnonzero(probabilities.argmax(1) == class_indices(data.y_test))[:EXPLAINED_IMAGES]
+    wrong_figures, wrong_share = _grad_cam_figure(
+        ctx,
+        model,
+        data,
+        mistakes.indices[:EXPLAINED_IMAGES],
+        "gradcam_mistakes.png",
+        "Where the augmented model looks in its most confident mistakes",
+    )
+    right_figures, right_share = _grad_cam_figure(
+        ctx, model, data, correct, "gradcam_correct.png", "Where it looks in correctly classified test images"
+    )
+    losses = explain.top_losses(model, data.x_test, data.y_test, k=TOP_LOSSES)
+    explain.top_losses_figure(data.x_test, losses, names, ctx.path("figures", "top_losses.png"))
+    pairs = explain.most_confused(data.y_test, probabilities, names, k=5)
+    worst, sure = losses[0], sum(row.probability > 0.9 for row in losses)
+    answers = [
+        (
+            "Which test images cost the most loss, and which classes are confused?",
+            f"The highest loss, {worst.loss:.2f}, is test image {worst.index}: true class {names[worst.true]}, "
+            f"predicted {names[worst.predicted]} with probability {worst.probability:.0%} (the true class got "
+            f"{worst.true_probability:.1%}). The loss is -log p(true class), so the top {len(losses)} are the images "
+            f"whose true class got the least: at most {max(row.true_probability for row in losses):.1%}; {sure} of "
+            "them were predicted with over 90% confidence. " + _confusion_sentence(pairs, len(mistakes)),
+        )
+    ]
+    if wrong_share is not None and right_share is not None:
+        answers.append(
+            (
+                "Where does the model look when it is right, and when it is wrong?",
+                f"Grad-CAM puts {right_share:.0%} of its weight in the central quarter of the image (the middle "
+                f"half of each side) for {len(correct)} correctly classified test images and {wrong_share:.0%} for "
+                f"the {min(len(mistakes), EXPLAINED_IMAGES)} most confident mistakes; a map spread evenly would "
+                "put 25% there. CIFAR-10's objects sit mostly in the centre, so a map far from it means the class "
+                "score came from the background (sky, water, grass) rather than the object.",
+            )
+        )
+    return Section(
+        key="generalization",
+        title="",
+        figures=[
+            *wrong_figures,
+            *right_figures,
+            ("figures/top_losses.png", f"The {len(losses)} test images with the highest loss: predicted / true"),
+        ],
+        tables=[
+            Table(
+                "Highest losses on the test images",
+                ["test image", "true", "predicted", "p(predicted)", "p(true)", "loss"],
+                [
+                    [
+                        row.index,
+                        names[row.true],
+                        names[row.predicted],
+                        f"{row.probability:.3f}",
+                        f"{row.true_probability:.3f}",
+                        f"{row.loss:.2f}",
+                    ]
+                    for row in losses
+                ],
+            ),
+            Table(
+                "Most confused class pairs",
+                ["true", "predicted", "images", "share of mistakes"],
+                [[true, predicted, count, f"{count / max(len(mistakes), 1):.1%}"] for true, predicted, count in pairs],
+            ),
+        ],
+        answers=answers,
+        facts={
+            "gradcam_central_share": {"correct": right_share, "mistakes": wrong_share},
+            "top_losses": [[row.index, row.loss] for row in losses],
+            "most_confused_pairs": [list(pair) for pair in pairs],
+        },
+    )
+
+
+def _confusion_sentence(pairs: list[tuple[str, str, int]], mistakes: int) -> str:
+    if not pairs:
+        return "The model made no mistakes on these test images."
+    true, predicted, count = pairs[0]
+    listed = {(t, p) for t, p, _ in pairs}
+    both_ways = sorted({tuple(sorted((t, p))) for t, p in listed if (p, t) in listed})
+    return (
+        f"The most frequent mistake is {true} taken for {predicted} ({count} of the {mistakes} mistakes); the "
+        f"{len(pairs)} most frequent pairs hold {sum(c for _, _, c in pairs) / mistakes:.0%} of them"
+        + (f", and {', '.join(f'{a} and {b}' for a, b in both_ways)} are confused both ways." if both_ways else ".")
+    )
 
 
 def _epochs_to_reach(accuracies: list[float], level: float) -> int | None:
@@ -62,7 +182,7 @@ def run(ctx: LabContext) -> Section:
     caveat = accuracy_caveat(data.source)
     label, build, batch_size = LAB_RUNS[BEST_RUN]
     epochs = ctx.epochs(*LAB_EPOCHS)
-    model, history = ctx.trained_model(BEST_RUN, build, batch_size, epochs)
+    model, history = lab_cnn(ctx)
 
     # 5.0 rotated test images
     rotated = evaluate_rotated(model, data.x_test, data.y_test)
@@ -94,6 +214,7 @@ def run(ctx: LabContext) -> Section:
     worst_class = min(per_class, key=lambda name: per_class[name])
     best_class = max(per_class, key=lambda name: per_class[name])
     true_name, predicted_name = _most_common_confusion(mistakes)
+    explained = explain_mistakes(ctx, augmented, probabilities, mistakes)
 
     # 5.3 other input sizes: the Flatten model refuses them, a global-average-pooling twin accepts them
     other_size = next(size for size in LAB_SIZES if size != data.x_test.shape[1])
@@ -213,6 +334,7 @@ def run(ctx: LabContext) -> Section:
             ("figures/run_augmented.png", "Training with augmentation: loss and accuracy per epoch"),
             ("figures/misclassified.png", "The augmented model's most confident mistakes"),
             ("figures/confusion.png", "Confusion matrix of the augmented model on the test images"),
+            *explained.figures,
         ],
         tables=[
             Table(
@@ -241,8 +363,9 @@ def run(ctx: LabContext) -> Section:
                 ["size", "test accuracy"],
                 [[f"{size} x {size}", f"{accuracy:.3f}"] for size, accuracy in sizes.items()],
             ),
+            *explained.tables,
         ],
-        answers=answers,
+        answers=answers + explained.answers,
         facts={
             "rotated": rotated,
             "augmented": {
@@ -257,6 +380,7 @@ def run(ctx: LabContext) -> Section:
             "per_class_accuracy": per_class,
             "best_and_worst_class": [best_class, worst_class],
             "sizes": {str(size): accuracy for size, accuracy in sizes.items()},
+            **explained.facts,
         },
     )
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from cnnlab import explain
 from cnnlab.errors import DataError
 from cnnlab.lab import LabContext, PartSkipped, Section, Table
+from cnnlab.lab.p5_generalization import central_share
 from cnnlab.pretrained import (
     INPUT_SIZE,
     STAGES,
@@ -83,9 +86,24 @@ def _classify(ctx: LabContext) -> tuple[dict, list[str]]:
     started = time.perf_counter()
     results, failures = classify_photos(model, photos)
     seconds = time.perf_counter() - started
+    classified = {"model": model, "results": results, "failures": failures, "seconds": seconds, "weights": weights.name}
     if results:
         plot_predictions(results, ctx.path("figures", "resnet_photos.png"))
-    return {"model": model, "results": results, "failures": failures, "seconds": seconds, "weights": weights.name}, []
+        classified["gradcam"] = photo_grad_cams(ctx, model, results)
+    return classified, []
+
+
+def photo_grad_cams(ctx: LabContext, model: ResNet50, results) -> dict:
+    """Grad-CAM of each photo's top class at ResNet50's last block, as one figure; its timing and how
+    much of each map lies in the photo's central quarter."""
+    started = time.perf_counter()
+    cams = explain.grad_cam(model, np.stack([result.image for result in results]))
+    explain.overlay_figure(
+        cams, ctx.path("figures", "resnet_gradcam.png"), titles=[result.path.name for result in results]
+    )
+    shares = {result.path.name: central_share(cams.maps[i : i + 1]) for i, result in enumerate(results)}
+    seconds = time.perf_counter() - started
+    return {"layer": cams.layer, "map_shape": cams.raw.shape[1:], "seconds": seconds, "central_share": shares}
 
 
 def run(ctx: LabContext) -> Section:
@@ -133,6 +151,12 @@ def run(ctx: LabContext) -> Section:
                 "Each photo as the network saw it, with its five most likely ImageNet classes",
             )
         )
+        figures.append(
+            (
+                "figures/resnet_gradcam.png",
+                f"Grad-CAM at {classified['gradcam']['layer']}: where in each photo the top class's score comes from",
+            )
+        )
 
     answers = [
         (
@@ -171,6 +195,7 @@ def run(ctx: LabContext) -> Section:
     ]
     if results:
         answers.append(("Are the predictions correct, and how certain is the network?", _certainty_answer(results)))
+        answers.append(("Where does ResNet50 look in the photos?", _grad_cam_answer(classified["gradcam"])))
     return Section(
         key="resnet",
         title="Part 7: Pre-trained 2D CNNs",
@@ -187,6 +212,7 @@ def run(ctx: LabContext) -> Section:
             "non_trainable": counts.non_trainable,
             "multiply_adds": macs,
             "photos": {r.path.name: r.top[0][1] for r in results},
+            "gradcam_central_share": classified.get("gradcam", {}).get("central_share", {}),
         },
         missing="; ".join(missing),
     )
@@ -200,6 +226,19 @@ def _certainty_answer(results) -> str:
         "person to judge from the figure: the table lists every photo's top five classes. ImageNet's 1000 classes "
         "split objects far more finely than CIFAR-10's 10 (over a hundred dog breeds, for one), so a right "
         "answer's probability is often shared with its close neighbours."
+    )
+
+
+def _grad_cam_answer(grad_cam: dict) -> str:
+    shares = grad_cam["central_share"]
+    size = " x ".join(map(str, grad_cam["map_shape"]))
+    ordered = sorted(shares, key=shares.get)
+    return (
+        f"Grad-CAM at {grad_cam['layer']} (a {size} map, upsampled) took {grad_cam['seconds']:.1f} s for "
+        f"the {len(shares)} photos. On average {np.mean(list(shares.values())):.0%} of a map's weight lies in the "
+        f"central quarter of the photo (the middle half of each side; 25% if spread evenly): most in "
+        f"{ordered[-1]} ({shares[ordered[-1]]:.0%}), least in {ordered[0]} ({shares[ordered[0]]:.0%}). The figure "
+        "shows whether that weight sits on the object the top class names."
     )
 
 
