@@ -88,7 +88,9 @@ def image_grid(
     """A grid of NHWC images with an optional title above each."""
     images = to_display(images)
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * (cell + 0.3)), squeeze=False)
+    title_lines = max((str(title).count("\n") + 1 for title in titles), default=0) if titles is not None else 0
+    row_height = cell + 0.15 + 0.17 * title_lines  # room for each title's lines, so rows never overlap
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * row_height), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i < len(images):
