@@ -40,7 +40,7 @@ class Callback:
 
     Batch hooks get ``logs`` with ``size`` (images in the batch); after the step also ``loss`` and
     ``correct`` as 0-dim tensors on the device (``float()`` them only when needed: each read waits
-    for the device). ``on_train_end`` always runs; its logs say ``completed`` False after an error.
+    for the device). ``on_train_end`` always runs (in a ``finally``); after an error its logs hold ``interrupted: True``.
     """
 
     model: Model
@@ -270,7 +270,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch
 
     def on_train_end(self, logs=None):
-        if (logs or {}).get("completed") and self.restore_best_weights and self.best_state is not None:
+        if not (logs or {}).get("interrupted") and self.restore_best_weights and self.best_state is not None:
             self.model.network.load_state_dict(self.best_state)
 
     def get_state(self) -> dict:
@@ -396,7 +396,7 @@ class RunFolder(Callback):
         )
 
     def on_train_end(self, logs=None):
-        if not (logs or {}).get("completed"):
+        if (logs or {}).get("interrupted"):
             return
         self.model.save(self.folder / "weights.safetensors")
         final = {k: v[-1] for k, v in self.history.history.items()}

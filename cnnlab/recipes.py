@@ -356,7 +356,7 @@ class WeightEMA(Callback):
         self.average.update_parameters(self.model.network)
 
     def on_train_end(self, logs=None):
-        if (logs or {}).get("completed"):
+        if not (logs or {}).get("interrupted"):
             self.model.network.load_state_dict(self.average.module.state_dict())
 
     def get_state(self) -> dict:

@@ -320,7 +320,7 @@ class Model:
                     break
             completed = True
         finally:
-            callback_list.on_train_end({"completed": completed})
+            callback_list.on_train_end({} if completed else {"interrupted": True})
         return history
 
     def _callback_list(self, history, user, verbose, run, resume, augment, params) -> CallbackList:

@@ -77,4 +77,4 @@ def test_save_and_load_model_roundtrip(tmp_path):
     model.save(tmp_path / "m.safetensors")
     again = load_model(tmp_path / "m.safetensors", device="cpu")
     np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)
-    assert again.config["n_nodes"] == 20
+    assert again.config.n_nodes == 20 and again.config == model.config
