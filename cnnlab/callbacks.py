@@ -40,7 +40,8 @@ class Callback:
 
     Batch hooks get ``logs`` with ``size`` (images in the batch); after the step also ``loss`` and
     ``correct`` as 0-dim tensors on the device (``float()`` them only when needed: each read waits
-    for the device). ``on_train_end`` always runs (in a ``finally``); after an error its logs hold ``interrupted: True``.
+    for the device). ``on_train_end`` always runs (in a ``finally``); after an error its logs hold
+    ``interrupted: True``.
     """
 
     model: Model

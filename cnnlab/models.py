@@ -183,7 +183,8 @@ class CNNConfig(ModelConfig):
 
     def build_kwargs(self) -> dict[str, Any]:
         """The settings as build_cnn keywords, leaving out what the data decides (shape and classes)."""
-        return {k: v for k, v in self.changes().items() if k not in {"input_shape", "num_classes", "class_names"}}
+        data_settings = {"input_shape", "num_classes", "class_names"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in data_settings}
 
 
 # The lab's part-4 runs A-E (architecture only; learning rate 0.01 and Adam as build_cnn's defaults).

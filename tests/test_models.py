@@ -112,7 +112,7 @@ def test_config_takes_classes_from_class_names_and_round_trips():
 def test_presets_are_the_lab_models():
     assert set(LAB_MODELS) == set("ABCDE")
     assert create_model(LAB_MODELS["C"], "cpu").count_params().total == 124_760
-    assert MEMORY_MODEL == LAB_MODELS["C"] and SWEEP_MODEL.n_nodes == 32 and SWEEP_MODEL.use_dropout
+    assert LAB_MODELS["C"] == MEMORY_MODEL and SWEEP_MODEL.n_nodes == 32 and SWEEP_MODEL.use_dropout
 
 
 # ---------------------------------------------------------------------------------------------- every registered model
@@ -214,3 +214,23 @@ def test_file_from_an_older_cnnlab_names_the_missing_keys(tmp_path):
     save_file(state, str(old), metadata={"config": json.dumps(model.config.to_dict())})
     with pytest.raises(ConfigError, match=r"older cnnlab: its metadata lacks format_version, kind, .*retrain"):
         load_model(old)
+
+
+def test_transfer_learning_returns_a_head_that_saves_and_loads(tmp_path):
+    """With an untrained ResNet50 (the real weights are not needed to check the plumbing)."""
+    from cnnlab.pretrained import ResNet50, transfer_learning
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    result = transfer_learning(
+        ResNet50().eval(), images, labels, images, labels, size=32, epochs=2, progress=False,
+        class_names=("plane", "car", "bird"),
+    )  # fmt: skip
+    head = result.head
+    assert head.class_names == ("plane", "car", "bird") and head.preprocessing["image_size"] == 32
+    head.save(tmp_path / "head.safetensors")
+    loaded = load_model(tmp_path / "head.safetensors", device="cpu")
+    features = rng.normal(size=(4, 1, 1, 2048)).astype(np.float32)
+    assert np.array_equal(loaded.predict(features), head.predict(features))
+    assert loaded.preprocessing == head.preprocessing
