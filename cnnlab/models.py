@@ -71,14 +71,14 @@ def keras_batchnorm(channels: int, spatial: bool = True) -> nn.Module:
 
 def check_input_shape(input_shape: Sequence[int], n_conv_layers: int) -> tuple[int, int, int]:
     """Validate (H, W, C) and refuse depths whose pooling would shrink the image below 1x1."""
-    height, width, _channels = _shape(input_shape)
+    height, width, channels = _shape(input_shape)
     if min(height, width) < 2**n_conv_layers:
         raise ConfigError(
             f"{n_conv_layers} conv layers halve a {height}x{width} image {n_conv_layers} times with 2x2 pooling, "
             f"leaving {height // 2**n_conv_layers}x{width // 2**n_conv_layers}; use at most "
             f"{max(min(height, width).bit_length() - 1, 0)} conv layers for this size"
         )
-    return _shape(input_shape)
+    return height, width, channels
 
 
 def _shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -388,7 +388,9 @@ def load_model(path_or_run_folder: str | os.PathLike, device: str | torch.device
         _load_plugins()
     if kind not in _CONFIG_KINDS:
         raise ConfigError(f"{path} holds a model of kind {kind!r}, which this cnnlab does not know; update cnnlab")
-    config = _CONFIG_KINDS[kind].from_dict({**json.loads(metadata["config"]), "seed": None})
+    saved = json.loads(metadata["config"])
+    # Built unseeded: the weights come from the file, so loading leaves the global random state alone.
+    config = _CONFIG_KINDS[kind].from_dict({**saved, "seed": None})
     model = create_model(config, device)
     try:
         weights = load_file(str(path), device=str(model.device))
@@ -397,6 +399,6 @@ def load_model(path_or_run_folder: str | os.PathLike, device: str | torch.device
         raise DataError(
             f"{path}: its weights cannot be read ({str(error).splitlines()[0]}); retrain or re-save"
         ) from None
-    model.config = dataclasses.replace(config, seed=json.loads(metadata["config"]).get("seed"))
+    model.config = config.replace(seed=saved.get("seed"))
     model.preprocessing = json.loads(metadata["preprocessing"])
     return model

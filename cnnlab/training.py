@@ -1,9 +1,11 @@
-"""A Keras-like ``Model`` around a PyTorch network: compile settings, fit, evaluate, predict.
+"""A Keras-like ``Model`` around a PyTorch network: compile settings, fit, evaluate, predict, save.
 
 The training loop is written by hand rather than taken from a trainer library on purpose: the lab's
 models are tiny, so per-step overhead decides speed, and ``benchmarks/train_speed.py`` holds this
-loop to a minimal hand-written one. Data stays in one tensor on the training device; batches are
-index slices of it, in NHWC memory, which PyTorch sees as channels_last NCHW for free.
+loop to a minimal hand-written one. Everything else fit does (progress, history.csv, checkpoints,
+the NaN stop, the run folder's files) is a callback in cnnlab.callbacks. Data stays in one tensor on
+the training device (uint8 images stay uint8 there and are scaled per batch); batches are index
+slices of it, in NHWC memory, which PyTorch sees as channels_last NCHW for free.
 """
 
 from __future__ import annotations
