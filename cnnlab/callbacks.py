@@ -289,12 +289,17 @@ _HEADER = struct.Struct("<8sQ32s")  # magic, payload size, sha256 of the payload
 
 def write_checkpoint(path: Path, state: dict) -> None:
     """torch.save ``state`` behind a header holding its size and sha256, so a torn or corrupted file
-    is recognised when read. The file it replaces becomes the previous checkpoint first."""
+    is recognised when read. The file it replaces becomes the previous checkpoint first, if intact
+    (a corrupt latest must not overwrite the good previous one)."""
     buffer = BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
     header = _HEADER.pack(_MAGIC, len(payload), hashlib.sha256(payload).digest())
-    if path.exists():  # a copy, not a rename: the latest name never disappears, even if killed here
+    try:
+        _verified_payload(path)
+    except (OSError, ValueError):
+        pass  # nothing intact to keep
+    else:  # a copy, not a rename: the latest name never disappears, even if killed here
         atomic_write(path.with_name(PREVIOUS_CHECKPOINT), lambda tmp: shutil.copyfile(path, tmp))
 
     def write(tmp: str) -> None:
@@ -304,8 +309,8 @@ def write_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, write)
 
 
-def _read_verified(path: Path, device) -> dict:
-    """The state in a checkpoint; ValueError says why the file is unusable."""
+def _verified_payload(path: Path) -> bytes:
+    """The torch.save bytes of a checkpoint after checking its header; ValueError says what is wrong."""
     data = path.read_bytes()
     if len(data) < _HEADER.size:
         raise ValueError(f"{len(data)} bytes, shorter than its header")
@@ -317,7 +322,12 @@ def _read_verified(path: Path, device) -> dict:
         raise ValueError(f"{len(payload)} bytes of {size}: truncated")
     if hashlib.sha256(payload).digest() != digest:
         raise ValueError("checksum mismatch: the file is corrupt")
-    return torch.load(BytesIO(payload), map_location=device, weights_only=True)
+    return payload
+
+
+def _read_verified(path: Path, device) -> dict:
+    """The state in a checkpoint; ValueError says why the file is unusable."""
+    return torch.load(BytesIO(_verified_payload(path)), map_location=device, weights_only=True)
 
 
 def read_checkpoint(folder: Path, device) -> dict:

@@ -295,7 +295,8 @@ def one_cycle(progress: float, warmup: float, start: float = 0.1) -> float:
 
 class OneCycle(Callback):
     """Set the optimizer's learning rate before every step from the one-cycle schedule; its peak is
-    the model's learning rate. The step count comes from fit's params, so a resumed run continues."""
+    the model's learning rate. The step count comes from fit's params and the rate from (epoch, step)
+    alone, so it keeps no state and a resumed run continues the schedule exactly."""
 
     def __init__(self, warmup: float = 0.2, start: float = 0.1):
         self.warmup, self.start = warmup, start

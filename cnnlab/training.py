@@ -291,9 +291,11 @@ class Model:
     ) -> History:
         """Train; one epoch is one pass over ``x``. Returns a History with loss/accuracy (+ val_*).
 
+        ``x`` holds uint8 NHWC images (scaled per batch on the device) or floats in [-1, 1].
         ``augment`` transforms each training batch (NCHW float tensor on the device) and never
-        touches validation data. With ``run_dir`` every epoch is checkpointed atomically and
-        ``resume=True`` continues a killed run from its last finished epoch.
+        touches validation data; its get_state/set_state, if it has them, go into checkpoints.
+        With ``run_dir`` every epoch is checkpointed (the last two kept, each verified) and
+        ``resume=True`` continues a killed run from its last intact checkpoint.
         """
         if batch_size < 1 or epochs < 0:
             raise ConfigError(f"need batch_size >= 1 and epochs >= 0, got {batch_size} and {epochs}")

@@ -369,3 +369,19 @@ def test_batch_logs_and_train_end_in_finally(tmp_path):
 def test_bad_training_input(x, y, message):
     with pytest.raises(DataError, match=message):
         build_cnn(device="cpu").fit(x, y, epochs=1, verbose=0)
+
+
+def test_a_corrupt_latest_checkpoint_never_replaces_the_good_previous_one(tmp_path):
+    x, y = _toy(32)
+
+    def fit(epochs, **options):
+        return build_cnn(device="cpu", n_filters=8).fit(
+            x, y, batch_size=16, epochs=epochs, verbose=0, run_dir=tmp_path, **options
+        )
+
+    fit(2)
+    _truncate(tmp_path / CHECKPOINT)
+    fit(2, resume=True)  # resumes from epoch 1 and writes epoch 2 over the truncated file
+    assert read_checkpoint(tmp_path, "cpu")["epochs_done"] == 2
+    _truncate(tmp_path / CHECKPOINT)
+    assert read_checkpoint(tmp_path, "cpu")["epochs_done"] == 1, "the previous checkpoint is still epoch 1's"
