@@ -335,8 +335,8 @@ class Model:
         if verbose:
             callbacks.append(ProgbarLogger(verbose))
         writers = [BackupAndRestore(run, resume, augment, verbose), RunFolder(run, history)] if run else []
-        if run:
-            callbacks += [CSVLogger(run / "history.csv", history), *writers]
+        if run:  # the checkpoint before history.csv: the csv never shows an epoch a resume would lose
+            callbacks += [writers[0], CSVLogger(run / "history.csv", history), writers[1]]
         callback_list = CallbackList(callbacks, self, params, run)
         for writer in writers:
             writer.callbacks = callback_list
