@@ -41,7 +41,6 @@ _DRAWS = (
 )
 
 
-
 def device_generator(generators: dict, device: torch.device, seed: int | None) -> torch.Generator:
     """One random generator per device, seeded once (or from entropy when seed is None), kept in ``generators``."""
     if device not in generators:
@@ -52,6 +51,18 @@ def device_generator(generators: dict, device: torch.device, seed: int | None) -
             generator.manual_seed(seed)
         generators[device] = generator
     return generators[device]
+
+
+def generator_states(generators: dict) -> dict[str, torch.Tensor]:
+    """The states of ``device_generator``'s generators, keyed by device name, for checkpoints."""
+    return {str(device): generator.get_state() for device, generator in generators.items()}
+
+
+def restore_generators(generators: dict, states: dict[str, torch.Tensor], seed: int | None) -> None:
+    """Put back what ``generator_states`` saved, so a resumed run draws the same random numbers."""
+    for name, state in states.items():
+        device_generator(generators, torch.device(name), seed).set_state(state.cpu())
+
 
 class Augmentation:
     """A seeded, per-sample random augmentation; call it on an NCHW float batch in [-1, 1].
@@ -150,6 +161,13 @@ class Augmentation:
     # ------------------------------------------------------------------ applying
     def _generator(self, device: torch.device) -> torch.Generator:
         return device_generator(self._generators, device, self.seed)
+
+    def get_state(self) -> dict:
+        """The random generators' states, for checkpoints: a resumed run draws the same transforms."""
+        return generator_states(self._generators)
+
+    def set_state(self, state: dict) -> None:
+        restore_generators(self._generators, state, self.seed)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

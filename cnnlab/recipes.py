@@ -10,11 +10,11 @@ exponential moving average (EMA) of the weights, and test-time augmentation (TTA
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from cnnlab.augment import device_generator
+from cnnlab.augment import device_generator, generator_states, restore_generators
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.models import build_cnn
-from cnnlab.training import Callback, History, Model
+from cnnlab.models import RECIPE_LAB_MODEL, CNNConfig, ModelConfig, create_model, register_model
+from cnnlab.training import Callback, History, Model, check_compile_settings
 
 NETWORKS = ("recipe", "lab")
 
@@ -94,10 +94,6 @@ RECIPES = {
         compile=True,
     ),
 }
-
-
-# The lab's model B: 4 conv blocks from 16 filters, one dense layer of 50 with dropout.
-LAB_MODEL_B = dict(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50, use_dropout=True)
 
 
 def get_recipe(name: str | Recipe) -> Recipe:
@@ -183,10 +179,60 @@ class RecipeNet(nn.Module):
         self.whiten.bias.copy_(-(weight @ mean.float().to(weight)))
 
 
-def build_recipe_network(recipe: str | Recipe = "fast", num_classes: int = 10, seed: int | None = 0) -> RecipeNet:
-    if seed is not None:
-        torch.manual_seed(seed)
-    return RecipeNet(get_recipe(recipe).widths, num_classes)
+@dataclass(frozen=True)
+class RecipeNetConfig(ModelConfig):
+    """RecipeNet's settings: its widths and the recipe's compile settings (the schedule stays in Recipe)."""
+
+    kind: ClassVar[str] = "recipe"
+    widths: tuple[int, int, int] = (64, 256, 256)
+    optimizer: str = "sgd"
+    learning_rate: float = 0.2
+    label_smoothing: float = 0.2
+    weight_decay: float = 5e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise ConfigError(f"widths must be three positive channel counts, got {self.widths}")
+        height, width, _ = self.input_shape
+        if min(height, width) < 9:  # 2x2 whitening, then three 2x2 poolings
+            raise ConfigError(f"RecipeNet needs images of at least 9x9 pixels, got {height}x{width}")
+        check_compile_settings(
+            self.optimizer, self.learning_rate, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing
+        )
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, input_shape, num_classes=None, class_names=None, seed=0) -> RecipeNetConfig:
+        return cls(
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            class_names=class_names,
+            seed=seed,
+            widths=recipe.widths,
+            optimizer=recipe.optimizer,
+            learning_rate=recipe.learning_rate,
+            label_smoothing=recipe.label_smoothing,
+            weight_decay=recipe.weight_decay,
+        )
+
+
+@register_model("recipe")
+def _create_recipe_net(config: RecipeNetConfig, device="auto") -> Model:
+    """RecipeNet with an identity-free, untrained whitening layer: fit it with ``init_whitening``
+    (build_recipe_model does) or load its saved weights (load_model does)."""
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    return Model(
+        RecipeNet(config.widths, config.num_classes, config.input_shape[2]),
+        input_shape=config.input_shape,
+        optimizer=config.optimizer,
+        learning_rate=config.learning_rate,
+        label_smoothing=config.label_smoothing,
+        weight_decay=config.weight_decay,
+        config=config,
+        device=device,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
@@ -205,6 +251,13 @@ class CropFlip:
 
     def _generator(self, device: torch.device) -> torch.Generator:
         return device_generator(self._generators, device, self.seed)
+
+    def get_state(self) -> dict:
+        """The random generators' states, for checkpoints: a resumed run draws the same shifts."""
+        return generator_states(self._generators)
+
+    def set_state(self, state: dict) -> None:
+        restore_generators(self._generators, state, self.seed)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -242,7 +295,8 @@ def one_cycle(progress: float, warmup: float, start: float = 0.1) -> float:
 
 class OneCycle(Callback):
     """Set the optimizer's learning rate before every step from the one-cycle schedule; its peak is
-    the model's learning rate. The step count comes from fit's params, so a resumed run continues."""
+    the model's learning rate. The step count comes from fit's params and the rate from (epoch, step)
+    alone, so it keeps no state and a resumed run continues the schedule exactly."""
 
     def __init__(self, warmup: float = 0.2, start: float = 0.1):
         self.warmup, self.start = warmup, start
@@ -264,7 +318,7 @@ class OneCycle(Callback):
 class WeightEMA(Callback):
     """Keep an exponential moving average of the weights (and BatchNorm statistics) during training
     and put it into the model at the end: the average sits nearer the flat middle of the minimum
-    than the last noisy step does. Not part of checkpoints: a resumed run restarts the average.
+    than the last noisy step does. The average is part of checkpoints, so a resumed run continues it.
 
     The decay warms up as (1 + n) / (10 + n) after n updates (as TensorFlow's moving averages do),
     so in a short run the average is not dominated by the untrained starting weights. With
@@ -303,7 +357,15 @@ class WeightEMA(Callback):
         self.average.update_parameters(self.model.network)
 
     def on_train_end(self, logs=None):
-        self.model.network.load_state_dict(self.average.module.state_dict())
+        if not (logs or {}).get("interrupted"):
+            self.model.network.load_state_dict(self.average.module.state_dict())
+
+    def get_state(self) -> dict:
+        return {"average": self.average.state_dict(), "steps": self.steps, "updates": self.updates}
+
+    def set_state(self, state: dict) -> None:
+        self.average.load_state_dict(state["average"])
+        self.steps, self.updates = int(state["steps"]), int(state["updates"])
 
 
 # ---------------------------------------------------------------------------------------------- TTA
@@ -323,12 +385,12 @@ def tta_views(images: torch.Tensor, level: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def tta_logits(model: Model, x, level: int = 2, batch_size: int = 500) -> torch.Tensor:
-    """Mean logits over the TTA views of each image; x is an NHWC array in [-1, 1]."""
+    """Mean logits over the TTA views of each image; x is an NHWC array, uint8 or floats in [-1, 1]."""
     images = _nchw(model, x)
     network = model.network.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
+        batch = model.scaled(images[start : start + batch_size])
         with torch.autocast(model.device.type, dtype=model.amp_dtype, enabled=model.amp_dtype is not None):
             logits = [
                 network(view.contiguous(memory_format=torch.channels_last)).float() for view in tta_views(batch, level)
@@ -350,77 +412,42 @@ def evaluate_tta(model: Model, x, y, level: int = 2) -> dict[str, float]:
 
 
 def _nchw(model: Model, x) -> torch.Tensor:
+    """NHWC images on the model's device as an NCHW view: uint8 kept as it is (``model.scaled`` makes
+    each batch float), floats as float32."""
     images = x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x))  # a copy: arrays may be read-only
-    if images.ndim != 4 or not images.is_floating_point():
-        raise DataError(f"need float NHWC images scaled to [-1, 1], got {images.dtype} {tuple(images.shape)}")
-    return images.to(model.device, torch.float32).permute(0, 3, 1, 2)
+    if images.ndim != 4 or not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise DataError(
+            f"need NHWC images, uint8 or floats scaled to [-1, 1], got {images.dtype} {tuple(images.shape)}"
+        )
+    dtype = torch.uint8 if images.dtype == torch.uint8 else torch.float32
+    return images.to(model.device, dtype).permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------------------------------------- training
-def build_recipe_model(recipe: str | Recipe, x_train, seed: int = 0, device="auto", num_classes: int = 10) -> Model:
+def build_recipe_model(
+    recipe: str | Recipe, x_train, seed: int = 0, device="auto", num_classes: int | None = None, class_names=None
+) -> Model:
     """The recipe's network, its whitening fitted to ``x_train`` (NHWC), compiled as SGD + Nesterov."""
     settings = get_recipe(recipe)
-    network = build_recipe_network(settings, num_classes, seed)
-    model = Model(
-        network,
-        input_shape=np.shape(x_train)[1:],
-        optimizer=settings.optimizer,
-        learning_rate=settings.learning_rate,
-        label_smoothing=settings.label_smoothing,
-        weight_decay=settings.weight_decay,
-        config={
-            "name": "recipe",
-            "recipe": asdict(settings),
-            "num_classes": num_classes,
-            "seed": seed,
-            "input_shape": list(np.shape(x_train)[1:]),
-        },
-        device=device,
-    )
-    network.init_whitening(_nchw(model, np.asarray(x_train)[:5000]))
+    config = RecipeNetConfig.from_recipe(settings, np.shape(x_train)[1:], num_classes, class_names, seed)
+    model = create_model(config, device)
+    model.network.init_whitening(model.scaled(_nchw(model, np.asarray(x_train)[:5000])))
     if settings.compile:
-        network.compile()  # in place: state_dict keys and checkpoints stay as without compiling
+        model.network.compile()  # in place: state_dict keys and checkpoints stay as without compiling
     return model
 
 
 def build_lab_model(
-    recipe: str | Recipe = "lab", seed: int = 0, device="auto", input_shape=(32, 32, 3), **build
+    recipe: str | Recipe = "lab", seed: int = 0, device="auto", input_shape=(32, 32, 3), config: CNNConfig | None = None
 ) -> Model:
-    """The lab's CNN, exactly as ``build_cnn`` makes it (model B unless ``build`` says otherwise),
+    """The lab's CNN, exactly as ``build_cnn`` makes it (model B unless ``config`` says otherwise),
     compiled with the recipe's optimizer, peak learning rate and label smoothing."""
     settings = get_recipe(recipe)
-    model = build_cnn(
-        input_shape,
-        **(build or LAB_MODEL_B),
-        optimizer=settings.optimizer,
-        learning_rate=settings.learning_rate,
-        seed=seed,
-        device=device,
+    config = (config or RECIPE_LAB_MODEL).replace(
+        input_shape=tuple(input_shape), optimizer=settings.optimizer, learning_rate=settings.learning_rate, seed=seed
     )
+    model = create_model(config, device)
     model.label_smoothing = settings.label_smoothing
-    return model
-
-
-def load_recipe_model(path, device="auto") -> Model:
-    """Rebuild a recipe network saved by ``Model.save`` (a recipe run's weights.safetensors)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), "pt") as handle:
-        config = json.loads((handle.metadata() or {}).get("config", "{}"))
-    if config.get("name") != "recipe":
-        raise ConfigError(f"{path} does not hold a recipe network; load the lab's CNN with cnnlab.models.load_model")
-    settings = Recipe(**{**config["recipe"], "widths": tuple(config["recipe"]["widths"]), "compile": False})
-    network = build_recipe_network(settings, config["num_classes"], seed=None)
-    model = Model(
-        network,
-        input_shape=config["input_shape"],
-        optimizer=settings.optimizer,
-        learning_rate=settings.learning_rate,
-        config=config,
-        device=device,
-    )
-    network.load_state_dict(load_file(str(path), device=str(model.device)))
     return model
 
 
@@ -457,12 +484,13 @@ def fit_recipe(
     )
 
 
-def build_model(recipe: str | Recipe, x_train, seed: int = 0, device="auto") -> Model:
+def build_model(recipe: str | Recipe, x_train, seed: int = 0, device="auto", class_names=None) -> Model:
     """The recipe's network (RecipeNet, or the lab's model B), compiled for the recipe's training."""
     settings = get_recipe(recipe)
     if settings.network == "lab":
-        return build_lab_model(settings, seed, device, np.shape(x_train)[1:])
-    return build_recipe_model(settings, x_train, seed, device)
+        config = RECIPE_LAB_MODEL.replace(class_names=tuple(class_names), num_classes=None) if class_names else None
+        return build_lab_model(settings, seed, device, np.shape(x_train)[1:], config)
+    return build_recipe_model(settings, x_train, seed, device, class_names=class_names)
 
 
 def train_recipe(data, recipe: str | Recipe = "fast", seed: int = 0, device="auto", **fit_options) -> dict:
@@ -470,7 +498,7 @@ def train_recipe(data, recipe: str | Recipe = "fast", seed: int = 0, device="aut
     the validation and test results with TTA, and the wall time of the whole."""
     settings = get_recipe(recipe)
     started = time.perf_counter()
-    model = build_model(settings, data.x_train, seed, device)
+    model = build_model(settings, data.x_train, seed, device, getattr(data, "class_names", None))
     history = fit_recipe(model, data, settings, seed, **fit_options)
     return {
         "model": model,

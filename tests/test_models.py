@@ -1,12 +1,25 @@
-"""The lab's CNN: Keras-identical parameter counts, summary, refusals, and every head."""
+"""Model configs and the registry: the lab's CNN (Keras-identical counts, every head), every registered
+kind trained, saved and loaded, and one-line errors for files that are not cnnlab models."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.models import build_cnn
+from cnnlab.models import (
+    LAB_MODELS,
+    MEMORY_MODEL,
+    SWEEP_MODEL,
+    CNNConfig,
+    build_cnn,
+    create_model,
+    list_models,
+    load_model,
+)
 
 
 @pytest.mark.parametrize(
@@ -70,11 +83,154 @@ def test_flatten_model_explains_other_sizes():
 
 
 def test_save_and_load_model_roundtrip(tmp_path):
-    from cnnlab.models import load_model
-
     model = build_cnn(n_dense_layers=1, n_nodes=20, device="cpu", seed=4)
     x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
     model.save(tmp_path / "m.safetensors")
     again = load_model(tmp_path / "m.safetensors", device="cpu")
     np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)
-    assert again.config["n_nodes"] == 20
+    assert again.config.n_nodes == 20 and again.config == model.config
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def test_config_takes_classes_from_class_names_and_round_trips():
+    config = CNNConfig(class_names=["cat", "dog", "ünïcode bird"], n_filters=4)
+    assert config.num_classes == 3 and config.class_names == ("cat", "dog", "ünïcode bird")
+    assert CNNConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.changes() == {"num_classes": 3, "class_names": config.class_names, "n_filters": 4}
+    with pytest.raises(ConfigError, match="num_classes=4 but 3 class_names"):
+        CNNConfig(num_classes=4, class_names=("a", "b", "c"))
+    with pytest.raises(ConfigError, match="unknown cnn settings"):
+        CNNConfig.from_dict({"n_filter": 3})
+    model = build_cnn(class_names=("a", "b"), device="cpu")
+    assert (
+        model.num_classes == 2
+        and model.class_names == ("a", "b")
+        and model.predict(np.zeros((1, 32, 32, 3))).shape == (1, 2)
+    )
+
+
+def test_presets_are_the_lab_models():
+    assert set(LAB_MODELS) == set("ABCDE")
+    assert create_model(LAB_MODELS["C"], "cpu").count_params().total == 124_760
+    assert LAB_MODELS["C"] == MEMORY_MODEL and SWEEP_MODEL.n_nodes == 32 and SWEEP_MODEL.use_dropout
+
+
+# ---------------------------------------------------------------------------------------------- every registered model
+def _config(kind, input_shape, num_classes):
+    """A small config of each registered kind; the transfer head's input is a feature vector (1x1xF)."""
+    from cnnlab.pretrained import TransferHeadConfig
+    from cnnlab.recipes import RecipeNetConfig
+
+    names = tuple(f"class {i}" for i in range(num_classes))
+    kind, _, head = kind.partition(":")
+    if kind == "cnn":
+        return CNNConfig(
+            input_shape=input_shape,
+            class_names=names,
+            n_conv_layers=2,
+            n_filters=4,
+            n_dense_layers=1,
+            n_nodes=8,
+            head=head,
+        )
+    if kind == "recipe":
+        return RecipeNetConfig(input_shape=input_shape, class_names=names, widths=(4, 8, 8))
+    return TransferHeadConfig(input_shape=(1, 1, input_shape[0] * input_shape[2]), class_names=names)
+
+
+MODEL_KINDS = ["cnn:flatten", "cnn:gap", "cnn:fcn", "recipe", "transfer_head"]
+
+
+def test_every_registered_kind_is_tested():
+    assert {kind.partition(":")[0] for kind in MODEL_KINDS} == set(list_models())
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+@pytest.mark.parametrize("num_classes", [3, 42])
+@pytest.mark.parametrize("input_shape", [(28, 28, 1), (64, 64, 3)])
+def test_every_model_trains_saves_and_loads(tmp_path, kind, num_classes, input_shape):
+    model = create_model(_config(kind, input_shape, num_classes), device="cpu")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (8, *model.input_shape)).astype(np.float32)
+    y = np.arange(8) % num_classes
+    probs = model.predict(x)
+    assert probs.shape == (8, num_classes)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    before = [p.detach().clone() for p in model.network.parameters() if p.requires_grad]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    after = [p for p in model.network.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)), "one step changes the weights"
+    model.save(tmp_path / "model.safetensors")
+    loaded = load_model(tmp_path / "model.safetensors", device="cpu")
+    assert type(loaded.network) is type(model.network) and loaded.config == model.config
+    assert loaded.class_names == model.class_names and loaded.input_shape == model.input_shape
+    assert loaded.preprocessing == model.preprocessing
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+
+
+# ---------------------------------------------------------------------------------------------- bad model files
+def _saved(tmp_path):
+    model = build_cnn(n_filters=4, device="cpu")
+    model.save(tmp_path / "m.safetensors")
+    return tmp_path / "m.safetensors"
+
+
+def test_load_model_from_a_run_folder(tmp_path):
+    model = build_cnn(n_filters=4, device="cpu")
+    x, y = np.zeros((4, 32, 32, 3), np.uint8), np.arange(4)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, run_dir=tmp_path)
+    assert np.array_equal(load_model(tmp_path, device="cpu").predict(x), model.predict(x))
+
+
+def test_truncated_model_file_is_one_line_data_error(tmp_path):
+    path = _saved(tmp_path)
+    path.write_bytes(path.read_bytes()[:-500])
+    with pytest.raises(DataError, match="truncated, corrupt") as error:
+        load_model(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_other_files_are_not_cnnlab_models(tmp_path):
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(DataError, match="plain.safetensors is not a cnnlab model"):
+        load_model(plain)
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello, not a model")
+    with pytest.raises(DataError, match="notes.safetensors is not a readable safetensors file"):
+        load_model(text)
+    with pytest.raises(DataError, match="does not exist"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_file_from_an_older_cnnlab_names_the_missing_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    model = build_cnn(n_filters=4, device="cpu")
+    old = tmp_path / "old.safetensors"
+    state = {k: v.contiguous() for k, v in model.network.state_dict().items()}
+    save_file(state, str(old), metadata={"config": json.dumps(model.config.to_dict())})
+    with pytest.raises(ConfigError, match=r"older cnnlab: its metadata lacks format_version, kind, .*retrain"):
+        load_model(old)
+
+
+def test_transfer_learning_returns_a_head_that_saves_and_loads(tmp_path):
+    """With an untrained ResNet50 (the real weights are not needed to check the plumbing)."""
+    from cnnlab.pretrained import ResNet50, transfer_learning
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    result = transfer_learning(
+        ResNet50().eval(), images, labels, images, labels, size=32, epochs=2, progress=False,
+        class_names=("plane", "car", "bird"),
+    )  # fmt: skip
+    head = result.head
+    assert head.class_names == ("plane", "car", "bird") and head.preprocessing["image_size"] == 32
+    head.save(tmp_path / "head.safetensors")
+    loaded = load_model(tmp_path / "head.safetensors", device="cpu")
+    features = rng.normal(size=(4, 1, 1, 2048)).astype(np.float32)
+    assert np.array_equal(loaded.predict(features), head.predict(features))
+    assert loaded.preprocessing == head.preprocessing

@@ -12,9 +12,8 @@ from torch import nn
 
 from cnnlab.cli import main
 from cnnlab.errors import ConfigError
-from cnnlab.models import build_cnn
+from cnnlab.models import RECIPE_LAB_MODEL, build_cnn, load_model
 from cnnlab.recipes import (
-    LAB_MODEL_B,
     RECIPES,
     CropFlip,
     OneCycle,
@@ -25,7 +24,6 @@ from cnnlab.recipes import (
     build_recipe_model,
     fit_recipe,
     get_recipe,
-    load_recipe_model,
     one_cycle,
     tta_logits,
     tta_views,
@@ -183,7 +181,7 @@ class _LeftMinusRight(nn.Module):
 
 
 def test_tta_averages_logits_over_flips_and_shifts():
-    model = Model(_LeftMinusRight(), (32, 32, 3), device="cpu", config={"num_classes": 2})
+    model = Model(_LeftMinusRight(), (32, 32, 3), device="cpu", num_classes=2)
     x = _images(6)
     plain = tta_logits(model, x, level=0)
     assert plain.abs().max() > 0.01
@@ -205,7 +203,7 @@ def test_recipe_settings_are_checked():
 
 def test_lab_model_keeps_its_architecture():
     model = build_lab_model("lab", device="cpu")
-    lab = build_cnn(**LAB_MODEL_B, device="cpu")
+    lab = build_cnn(**RECIPE_LAB_MODEL.build_kwargs(), device="cpu")
     assert model.count_params() == lab.count_params()
     assert [type(m) for m in model.network.modules()] == [type(m) for m in lab.network.modules()]
     assert model.label_smoothing == RECIPES["lab"].label_smoothing
@@ -218,8 +216,26 @@ def test_fit_recipe_and_reload(tmp_path):
     model = build_recipe_model(recipe, data.x_train, device="cpu")
     history = fit_recipe(model, data, recipe, verbose=0, run_dir=tmp_path / "run")
     assert len(history.history["loss"]) == 2
-    loaded = load_recipe_model(tmp_path / "run" / "weights.safetensors", device="cpu")
-    assert torch.allclose(tta_logits(loaded, data.x_test), tta_logits(model, data.x_test), atol=1e-5)
+    loaded = load_model(tmp_path / "run", device="cpu")
+    assert loaded.config == model.config and type(loaded.network) is RecipeNet
+    assert torch.equal(tta_logits(loaded, data.x_test), tta_logits(model, data.x_test))
+
+
+def test_recipe_takes_uint8_images_as_the_scaled_floats():
+    """Whitening, training and TTA on uint8 images give the numbers of the same images scaled first."""
+    from cnnlab.data import scale_images
+
+    recipe = Recipe(widths=(8, 8, 16), batch_size=16, epochs=1, ema_decay=0.9)
+    raw = np.random.default_rng(3).integers(0, 256, size=(48, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(48) % 10
+    results = []
+    for images in (raw, scale_images(raw)):
+        data = SimpleNamespace(x_train=images, y_train=labels)
+        model = build_recipe_model(recipe, images, device="cpu")
+        history = fit_recipe(model, data, recipe, verbose=0)
+        results.append((history.history, tta_logits(model, images)))
+    assert results[0][0] == results[1][0]
+    assert torch.equal(results[0][1], results[1][1])
 
 
 def test_cli_refuses_lab_flags_with_a_recipe(tmp_path, capsys):

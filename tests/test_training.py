@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.data import load_lab_data, to_categorical
-from cnnlab.errors import DataError, TrainingDiverged
+from cnnlab.augment import Augmentation
+from cnnlab.callbacks import CHECKPOINT, PREVIOUS_CHECKPOINT, read_checkpoint
+from cnnlab.data import load_lab_data, scale_images, to_categorical
+from cnnlab.errors import ConfigError, DataError, TrainingDiverged
 from cnnlab.models import build_cnn
+from cnnlab.recipes import CropFlip, OneCycle, WeightEMA
 from cnnlab.training import Callback, EarlyStopping
 
 
@@ -181,12 +184,13 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     model.history_so_far = []
     with pytest.raises(TrainingDiverged, match=r"became nan in epoch 2.*epoch 1\) is kept.*learning rate"):
         model.fit(x, y, batch_size=16, epochs=3, verbose=0, run_dir=tmp_path, callbacks=[_Poison()])
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state = read_checkpoint(tmp_path, "cpu")
     assert state["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in state["network"].values() if v.is_floating_point())
 
 
-def test_early_stopping_stops_and_restores_best():
+def test_early_stopping_stops_once_wait_reaches_patience_and_restores_best():
+    """Keras 3: with patience 1 training stops at the first epoch that does not improve."""
     x, y = _toy(48)
     noise_x, noise_y = _toy(48, seed=9)  # validation on unrelated noise: val_loss soon stops improving
     model = build_cnn(device="cpu", learning_rate=0.05)
@@ -194,15 +198,167 @@ def test_early_stopping_stops_and_restores_best():
     history = model.fit(
         x, y, batch_size=16, epochs=30, verbose=0, validation_data=(noise_x, noise_y), callbacks=[stopper]
     )
-    assert len(history.epoch) < 30 and stopper.stopped_epoch is not None
-    best = min(history.history["val_loss"])
-    assert model.evaluate(noise_x, noise_y)[0] == pytest.approx(best, rel=1e-4)
+    losses = history.history["val_loss"]
+    assert len(history.epoch) < 30 and stopper.stopped_epoch == history.epoch[-1]
+    assert losses[-1] >= min(losses[:-1]), "stopped on the first epoch without improvement"
+    assert stopper.stopped_epoch == stopper.best_epoch + 1
+    assert model.evaluate(noise_x, noise_y)[0] == pytest.approx(min(losses), rel=1e-4)
+
+
+def test_early_stopping_restores_best_weights_even_without_stopping():
+    x, y = _toy(48)
+    noise_x, noise_y = _toy(48, seed=9)
+    model = build_cnn(device="cpu", learning_rate=0.05)
+    stopper = EarlyStopping(patience=100)
+    history = model.fit(
+        x, y, batch_size=16, epochs=5, verbose=0, validation_data=(noise_x, noise_y), callbacks=[stopper]
+    )
+    losses = history.history["val_loss"]
+    assert len(losses) == 5 and stopper.stopped_epoch is None
+    assert losses.index(min(losses)) != 4, "the test needs a best epoch before the last"
+    assert model.evaluate(noise_x, noise_y)[0] == pytest.approx(min(losses), rel=1e-4)
+
+
+def test_uint8_images_train_and_predict_as_the_scaled_floats():
+    raw = np.random.default_rng(2).integers(0, 256, size=(48, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(48) % 10
+    runs = []
+    for images in (raw, scale_images(raw)):
+        model = build_cnn(device="cpu", n_filters=8, seed=1)
+        history = model.fit(images, y, batch_size=16, epochs=2, verbose=0, validation_data=(images, y))
+        runs.append((history.history, model.predict(images), model.evaluate(images, y)))
+    assert runs[0][0] == runs[1][0]
+    assert np.array_equal(runs[0][1], runs[1][1]) and runs[0][2] == runs[1][2]
+
+
+class _StopAfter(Callback):
+    """Simulate a kill once ``epochs`` epochs are checkpointed (raised as the next epoch begins)."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epochs:
+            raise KeyboardInterrupt
+
+
+def _augmented_run(run_dir, augment_kind, extra=(), epochs=4, resume=False):
+    """A run with augmentation, a one-cycle schedule, an EMA and early stopping: every kind of state."""
+    x, y = _toy(48)
+    model = build_cnn(device="cpu", n_filters=8, n_dense_layers=1, use_dropout=True, seed=2)
+    augment = (
+        CropFlip(2, seed=0)
+        if augment_kind == "cropflip"
+        else Augmentation(rotation_range=15, horizontal_flip=True, seed=0)
+    )
+    callbacks = [OneCycle(0.3), WeightEMA(0.9, every=2), EarlyStopping("val_loss", patience=50), *extra]
+    history = model.fit(
+        x, y, batch_size=16, epochs=epochs, verbose=0, validation_data=(x, y), callbacks=callbacks,
+        augment=augment, run_dir=run_dir, resume=resume, seed=4,
+    )  # fmt: skip
+    return model, history
+
+
+@pytest.mark.parametrize("augment_kind", ["cropflip", "augmentation"])
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, augment_kind):
+    straight, straight_history = _augmented_run(tmp_path / "straight", augment_kind)
+    with pytest.raises(KeyboardInterrupt):
+        _augmented_run(tmp_path / "killed", augment_kind, extra=[_StopAfter(2)])
+    assert not (tmp_path / "killed" / "weights.safetensors").exists(), "an interrupted run writes no final weights"
+    resumed, resumed_history = _augmented_run(tmp_path / "killed", augment_kind, resume=True)
+    assert resumed_history.epoch == [0, 1, 2, 3]
+    assert resumed_history.history == straight_history.history
+    for key, value in straight.network.state_dict().items():
+        assert torch.equal(resumed.network.state_dict()[key], value), key
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+    x, y = _toy(32)
+
+    def fit(epochs, **options):
+        model = build_cnn(device="cpu", n_filters=8)
+        return model.fit(x, y, batch_size=16, epochs=epochs, verbose=1, run_dir=tmp_path / "run", **options)
+
+    straight = build_cnn(device="cpu", n_filters=8).fit(x, y, batch_size=16, epochs=4, verbose=0)
+    fit(3)
+    assert (tmp_path / "run" / PREVIOUS_CHECKPOINT).exists()
+    _truncate(tmp_path / "run" / CHECKPOINT)
+    capfd.readouterr()
+    resumed = fit(4, resume=True)
+    out, err = capfd.readouterr()
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "truncated" in warning[0] and "epoch 2" in warning[0]
+    assert "after epoch 2/4" in out
+    assert resumed.history == straight.history
+
+
+def test_two_truncated_checkpoints_are_one_line_error(tmp_path):
+    x, y = _toy(32)
+    build_cnn(device="cpu", n_filters=8).fit(x, y, batch_size=16, epochs=2, verbose=0, run_dir=tmp_path)
+    _truncate(tmp_path / CHECKPOINT)
+    _truncate(tmp_path / PREVIOUS_CHECKPOINT, keep=0.9)
+    with pytest.raises(DataError, match="unusable") as error:
+        build_cnn(device="cpu", n_filters=8).fit(
+            x, y, batch_size=16, epochs=3, verbose=0, run_dir=tmp_path, resume=True
+        )
+    assert "\n" not in str(error.value) and CHECKPOINT in str(error.value)
+
+
+def test_corrupted_checkpoint_bytes_are_caught_by_the_checksum(tmp_path):
+    x, y = _toy(32)
+    build_cnn(device="cpu", n_filters=8).fit(x, y, batch_size=16, epochs=2, verbose=0, run_dir=tmp_path)
+    data = bytearray((tmp_path / CHECKPOINT).read_bytes())
+    data[-100] ^= 0xFF
+    (tmp_path / CHECKPOINT).write_bytes(bytes(data))
+    assert read_checkpoint(tmp_path, "cpu")["epochs_done"] == 1
+
+
+def test_resume_with_another_configuration_is_refused(tmp_path):
+    x, y = _toy(32)
+    build_cnn(device="cpu", n_filters=8).fit(x, y, batch_size=16, epochs=1, verbose=0, run_dir=tmp_path)
+    with pytest.raises(ConfigError, match="different model configuration"):
+        build_cnn(device="cpu", n_filters=4).fit(
+            x, y, batch_size=16, epochs=2, verbose=0, run_dir=tmp_path, resume=True
+        )
+
+
+class _Recorder(Callback):
+    def __init__(self):
+        self.calls, self.batch_logs = [], []
+
+    def on_train_batch_end(self, step, logs=None):
+        self.batch_logs.append(logs)
+
+    def on_train_end(self, logs=None):
+        self.calls.append(("end", logs))
+
+
+class _Boom(Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise RuntimeError("boom")
+
+
+def test_batch_logs_and_train_end_in_finally(tmp_path):
+    x, y = _toy(40)
+    recorder = _Recorder()
+    with pytest.raises(RuntimeError, match="boom"):
+        build_cnn(device="cpu").fit(
+            x, y, batch_size=16, epochs=2, verbose=0, callbacks=[recorder, _Boom()], run_dir=tmp_path
+        )
+    assert [logs["size"] for logs in recorder.batch_logs] == [16, 16, 8]
+    assert all(torch.is_tensor(logs["loss"]) for logs in recorder.batch_logs)
+    assert recorder.calls == [("end", {"interrupted": True})]
+    assert not (tmp_path / "metrics.json").exists() and (tmp_path / "config.json").exists()
 
 
 @pytest.mark.parametrize(
     ("x", "y", "message"),
     [
-        (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, int), "scale_images"),
         (np.zeros((4, 32, 32), np.float32), np.zeros(4, int), "batch of images"),
         (np.zeros((4, 3, 32, 32), np.float32), np.zeros(4, int), "channels"),
         (np.zeros((4, 32, 32, 3), np.float32), np.zeros(3, int), "one label per image"),
@@ -213,3 +369,19 @@ def test_early_stopping_stops_and_restores_best():
 def test_bad_training_input(x, y, message):
     with pytest.raises(DataError, match=message):
         build_cnn(device="cpu").fit(x, y, epochs=1, verbose=0)
+
+
+def test_a_corrupt_latest_checkpoint_never_replaces_the_good_previous_one(tmp_path):
+    x, y = _toy(32)
+
+    def fit(epochs, **options):
+        return build_cnn(device="cpu", n_filters=8).fit(
+            x, y, batch_size=16, epochs=epochs, verbose=0, run_dir=tmp_path, **options
+        )
+
+    fit(2)
+    _truncate(tmp_path / CHECKPOINT)
+    fit(2, resume=True)  # resumes from epoch 1 and writes epoch 2 over the truncated file
+    assert read_checkpoint(tmp_path, "cpu")["epochs_done"] == 2
+    _truncate(tmp_path / CHECKPOINT)
+    assert read_checkpoint(tmp_path, "cpu")["epochs_done"] == 1, "the previous checkpoint is still epoch 1's"

@@ -69,7 +69,7 @@ def _positive_ints(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    model = ", ".join(f"{k}={v}" for k, v in SWEEP_MODEL.items())
+    model = ", ".join(f"{k}={v}" for k, v in SWEEP_MODEL.changes().items())
     parser = subparsers.add_parser(
         "carbon-sweep",
         help="energy and CO2eq of the lab's CNN for several batch sizes and epoch counts (lab part 6)",

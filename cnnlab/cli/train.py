@@ -20,7 +20,7 @@ def build_keys() -> dict:
     """build_cnn's keyword arguments and defaults: the TOML keys and flags mirror them one to one."""
     from cnnlab.models import build_cnn
 
-    skip = {"input_shape", "device", "num_classes"}
+    skip = {"input_shape", "device", "num_classes", "class_names"}
     return {k: p.default for k, p in inspect.signature(build_cnn).parameters.items() if k not in skip}
 
 

@@ -22,22 +22,21 @@ from cnnlab.device import (
     plot_throughput,
 )
 from cnnlab.lab import LabContext, Section, Table
-from cnnlab.models import build_cnn
+from cnnlab.models import MEMORY_MODEL, create_model
 from cnnlab.summary import count_params
 
 ESTIMATED_SECONDS = {"full": 10, "quick": 5, "tiny": 5}
 # NVIDIA's RTX 3090 (GA102, compute capability 8.6): 82 streaming multiprocessors of 128 FP32 CUDA cores
 # each, and 24 GB of GDDR6X memory (NVIDIA's product page).
 RTX_3090 = {"multiprocessors": 82, "cores_per_multiprocessor": 128, "memory_gb": 24}
-# Part 4's deepest model (run C), trained with batch 20: the model whose memory question 11 is about.
-MEMORY_MODEL = dict(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50)
+# MEMORY_MODEL (cnnlab.models), part 4's deepest model (run C), trained with batch 20: question 11's model.
 MEMORY_BATCH = 20
 BYTES = 4  # float32
 
 
 def _training_memory(batch_size: int) -> dict[str, float]:
     """Bytes a training step of MEMORY_MODEL keeps on the device, by kind (float32, Adam)."""
-    model = build_cnn(**MEMORY_MODEL, device="cpu")
+    model = create_model(MEMORY_MODEL, device="cpu")
     network = model.network
     outputs: list[int] = []
     hooks = [
@@ -46,7 +45,7 @@ def _training_memory(batch_size: int) -> dict[str, float]:
     try:
         network.eval()
         with torch.no_grad():
-            network(torch.zeros(batch_size, 3, 32, 32))
+            network(torch.zeros(batch_size, *MEMORY_MODEL.input_shape).permute(0, 3, 1, 2))
     finally:
         for hook in hooks:
             hook.remove()

@@ -6,19 +6,22 @@ from cnnlab import explain
 from cnnlab.data import CLASS_NAMES
 from cnnlab.evaluation import class_indices
 from cnnlab.lab import LabContext, Section, Table
+from cnnlab.models import LAB_MODELS
 from cnnlab.plots import plot_results
 from cnnlab.summary import summary_rows
 
 ESTIMATED_SECONDS = {"full": 460, "quick": 100, "tiny": 15}
 
+# Run key -> (label, build_cnn keywords of its LAB_MODELS preset, batch size).
 LAB_RUNS = {
-    "A": ("2 conv, no dense", dict(n_conv_layers=2, n_filters=16, n_dense_layers=0), 20),
-    "B": ("2 conv, dense 50", dict(n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes=50), 20),
-    "C": ("4 conv, dense 50", dict(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50), 20),
-    "D": ("4 conv, dense 50, dropout 0.5",
-          dict(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50, use_dropout=True), 20),
-    "E": ("2 conv, dense 32, dropout, batch 128",
-          dict(n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes=32, use_dropout=True), 128),
+    key: (label, LAB_MODELS[key].build_kwargs(), batch_size)
+    for key, label, batch_size in [
+        ("A", "2 conv, no dense", 20),
+        ("B", "2 conv, dense 50", 20),
+        ("C", "4 conv, dense 50", 20),
+        ("D", "4 conv, dense 50, dropout 0.5", 20),
+        ("E", "2 conv, dense 32, dropout, batch 128", 128),
+    ]
 }
 
 

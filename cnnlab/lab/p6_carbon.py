@@ -132,8 +132,8 @@ def _epochs(count: int) -> str:
 def _model_text() -> str:
     model = SWEEP_MODEL
     return (
-        f"{model['n_conv_layers']} conv, {model['n_filters']} filters, dense {model['n_nodes']}, dropout, "
-        f"{model['optimizer']} at learning rate {model['learning_rate']}"
+        f"{model.n_conv_layers} conv, {model.n_filters} filters, dense {model.n_nodes}, dropout, "
+        f"{model.optimizer} at learning rate {model.learning_rate}"
     )
 
 

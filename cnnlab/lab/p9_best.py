@@ -11,9 +11,9 @@ import json
 from dataclasses import replace
 
 import matplotlib.pyplot as plt
-from safetensors.torch import load_file
 
 from cnnlab.lab import LabContext, Section, Table, _finished, accuracy_caveat, read_history
+from cnnlab.models import load_model
 from cnnlab.plots import plot_results, save_figure
 from cnnlab.recipes import RECIPES, Recipe, build_model, evaluate_tta, fit_recipe
 
@@ -25,10 +25,10 @@ def _trained(ctx: LabContext, key: str, recipe: Recipe):
     """Train a recipe in OUT/runs/KEY (resumable); a run that finished in an earlier process is loaded."""
     data = ctx.lab_data()
     run = ctx.out / "runs" / key
-    model = build_model(recipe, data.x_train, seed=0, device=ctx.device)
     if _finished(run, recipe.epochs):
-        model.network.load_state_dict(load_file(run / "weights.safetensors", device=str(model.device)))
+        model = load_model(run, device=ctx.device)
     else:
+        model = build_model(recipe, data.x_train, seed=0, device=ctx.device)
         fit_recipe(model, data, recipe, seed=0, callbacks=ctx.training_callbacks(), verbose=2, run_dir=run,
                    resume=True)  # fmt: skip
     return model, read_history(run)
