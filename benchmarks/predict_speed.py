@@ -26,7 +26,7 @@ from cnnlab.data import load_cifar10, scale_images
 from cnnlab.device import configure_threads
 from cnnlab.export import INPUT_NAME, export_onnx
 from cnnlab.models import build_cnn
-from cnnlab.predict import predict_images, predict_probabilities
+from cnnlab.predict import predict_images
 from cnnlab.recipes import LAB_MODEL_B, build_recipe_model
 
 
@@ -70,7 +70,7 @@ def onnx_against_torch(name: str, model, folder: Path, repeats: int) -> list[str
     rows = []
     for batch, calls in ((1, 200), (256, 4)):
         images = np.random.default_rng(0).integers(0, 256, (batch, *model.input_shape), dtype=np.uint8)
-        torch_time = seconds(lambda x=images, n=calls: [predict_probabilities(model, x) for _ in range(n)], repeats)
+        torch_time = seconds(lambda x=images, n=calls: [model.predict(x) for _ in range(n)], repeats)
         onnx_time = seconds(lambda x=images, n=calls: [session.run(None, {INPUT_NAME: x}) for _ in range(n)], repeats)
         torch_rate, onnx_rate = batch * calls / torch_time, batch * calls / onnx_time
         rows.append(f"| {name} | {batch} | {torch_rate:,.0f} | {onnx_rate:,.0f} | {onnx_rate / torch_rate:.2f}x |")

@@ -41,7 +41,7 @@ _EXPORTS = {
                           "TransferHeadConfig", "transfer_learning"],
     "cnnlab.recipes": ["RECIPES", "Recipe", "evaluate_tta", "RecipeNetConfig", "fit_recipe", "train_recipe"],
     "cnnlab.tuning": ["TuneSettings", "load_space", "parse_space", "tune"],
-    "cnnlab.predict": ["evaluate_model", "load_trained_model", "predict_images"],
+    "cnnlab.predict": ["evaluate_model", "predict_images"],
     "cnnlab.export": ["export_onnx"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -25,8 +25,8 @@ from scipy import ndimage
 from torch import nn
 
 from cnnlab.convolution import SOBEL_X, SOBEL_Y, gaussian_kernel
-from cnnlab.data import CLASS_NAMES
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.evaluation import class_labels, confusion_matrix
 from cnnlab.plots import image_grid, save_figure, to_display
 
 METHODS = ("gradcam", "saliency")
@@ -60,7 +60,7 @@ def _is_resnet(network: nn.Module) -> bool:
 
 
 def class_names_of(model, num_classes: int) -> tuple[str, ...]:
-    """The model's class names; CIFAR-10's for a 10-class model saved before cnnlab stored them."""
+    """The model's class names (ImageNet's for ResNet50); class numbers for a bare network."""
     names = getattr(model, "class_names", None)
     if names and len(names) == num_classes:
         return tuple(names)
@@ -68,9 +68,7 @@ def class_names_of(model, num_classes: int) -> tuple[str, ...]:
         from cnnlab.imagenet_classes import IMAGENET_CLASSES
 
         return tuple(name.replace("_", " ") for _, name in IMAGENET_CLASSES)
-    if num_classes == len(CLASS_NAMES):
-        return CLASS_NAMES
-    return tuple(f"class {i}" for i in range(num_classes))
+    return class_labels(None, num_classes)
 
 
 def network_input(model, images) -> torch.Tensor:
@@ -563,11 +561,10 @@ def top_losses(model, x, y, k: int = 9) -> list[LossRow]:
     ]
 
 
-def most_confused(y_true, y_pred, class_names: Sequence[str] = CLASS_NAMES, k: int = 5) -> list[tuple[str, str, int]]:
+def most_confused(y_true, y_pred, class_names: Sequence[str] | None = None, k: int = 5) -> list[tuple[str, str, int]]:
     """The ``k`` most frequent (true class, predicted class, count) mistakes; y_pred may be probabilities."""
-    from cnnlab.evaluation import confusion_matrix
-
-    matrix = confusion_matrix(y_true, y_pred, len(class_names))
+    matrix = confusion_matrix(y_true, y_pred, len(class_names) if class_names is not None else None)
+    class_names = class_labels(class_names, len(matrix))
     np.fill_diagonal(matrix, 0)
     pairs = [(int(matrix[t, p]), t, p) for t, p in zip(*np.nonzero(matrix), strict=True)]
     pairs.sort(key=lambda pair: (-pair[0], pair[1], pair[2]))
@@ -575,9 +572,14 @@ def most_confused(y_true, y_pred, class_names: Sequence[str] = CLASS_NAMES, k: i
 
 
 def top_losses_figure(
-    x, rows: Sequence[LossRow], class_names: Sequence[str] = CLASS_NAMES, path: str | os.PathLike | None = None
+    x, rows: Sequence[LossRow], class_names: Sequence[str] | None = None, path: str | os.PathLike | None = None
 ) -> Figure:
     """A gallery of the top-loss images titled predicted / true, loss and the predicted probability."""
+    class_names = (
+        class_labels(class_names, max(max(r.true, r.predicted) for r in rows) + 1)
+        if class_names is None
+        else class_names
+    )
     titles = [
         f"{class_names[r.predicted]} / {class_names[r.true]}\nloss {r.loss:.2f}, p {r.probability:.2f}" for r in rows
     ]

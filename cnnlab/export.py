@@ -23,7 +23,6 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.files import atomic_write
-from cnnlab.predict import model_class_names, model_preprocessing, predict_probabilities
 from cnnlab.training import Model
 
 FORMATS = ("onnx",)
@@ -80,8 +79,8 @@ def metadata(model: Model) -> dict[str, str]:
         + ", values 0-255",
         "cnnlab.input_scaling": "x / 127.5 - 1, inside the graph: feed raw pixels",
         "cnnlab.input_size": json.dumps([height, width, channels]),
-        "cnnlab.resize": model_preprocessing(model)["resize"],
-        "cnnlab.class_names": json.dumps(list(model_class_names(model))),
+        "cnnlab.resize": model.preprocessing.get("resize", "stretch"),
+        "cnnlab.class_names": json.dumps(list(model.class_names)),
         "cnnlab.output": "probabilities (batch, classes), softmax applied",
     }
 
@@ -129,7 +128,7 @@ def check_parity(model: Model, onnx_path: str | os.PathLike, images: np.ndarray)
     options.intra_op_num_threads = torch.get_num_threads()  # the thread budget cnnlab was given
     session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     onnx_probabilities = session.run(None, {INPUT_NAME: images})[0]
-    torch_probabilities = predict_probabilities(model, images)
+    torch_probabilities = model.predict(images)
     difference = float(np.abs(onnx_probabilities - torch_probabilities).max())
     same_top = int((onnx_probabilities.argmax(1) == torch_probabilities.argmax(1)).sum())
     return difference, same_top
@@ -151,7 +150,7 @@ def export_onnx(model: Model, path: str | os.PathLike, images: np.ndarray | None
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise ConfigError(f"ONNX export needs {error.name}; {INSTALL_HINT}") from error
-    scale = model_preprocessing(model)["scale"]
+    scale = model.preprocessing.get("scale", "symmetric")
     if scale != "symmetric":
         raise ConfigError(f"ONNX export supports models scaled as x / 127.5 - 1; this one is scaled {scale!r}")
     images = check_images(model) if images is None else np.asarray(images, dtype=np.uint8)

@@ -2,9 +2,7 @@
 
 A model carries how its training images were prepared (class names, input size, resize mode,
 scaling); ``predict_images`` and ``evaluate_model`` read it from the model, so a photo is resized
-and scaled exactly as the training images were. Models saved before the file stored those facts are
-CIFAR-10 models: ``model_class_names`` and ``model_preprocessing`` fill in CIFAR-10's names, stretch
-resizing and the lab's x / 127.5 - 1. Images are decoded by cnnlab.images (the one image-loading
+and scaled exactly as the training images were. Images are decoded by cnnlab.images (the one image-loading
 path, batched in a process pool) and test sets loaded by cnnlab.datasets.
 """
 
@@ -19,52 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.data import CLASS_NAMES, scale_images
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.evaluation import Misclassified, confusion_matrix, misclassified, per_class_accuracy
 from cnnlab.images import IMAGE_SUFFIXES, RESIZE_MODES, load_images
 from cnnlab.training import Model
-
-
-# --------------------------------------------------------------------------- what a model knows about its input
-def model_class_names(model: Model) -> tuple[str, ...]:
-    """The model's class names; a model file without them is a CIFAR-10 model (all cnnlab wrote before)."""
-    names = getattr(model, "class_names", None)
-    if names:
-        return tuple(names)
-    if model.num_classes == len(CLASS_NAMES):
-        return CLASS_NAMES
-    return tuple(f"class {i}" for i in range(model.num_classes))
-
-
-def model_preprocessing(model: Model) -> dict:
-    """How raw uint8 images become network input: {"scale": "symmetric" (x / 127.5 - 1), "resize": ...}."""
-    return {"scale": "symmetric", "resize": "stretch", **(getattr(model, "preprocessing", None) or {})}
-
-
-def load_trained_model(path: str | os.PathLike, device="auto") -> Model:
-    """A model from a run folder or a model file cnnlab wrote (any kind cnnlab.models.load_model knows)."""
-    from cnnlab.models import load_model
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such model file or run folder; pass a run folder or its weights.safetensors")
-    if path.is_dir():
-        path = path / "weights.safetensors"
-        if not path.exists():
-            raise DataError(f"{path.parent} holds no weights.safetensors; pass a finished run folder or a model file")
-    return load_model(path, device=device)
-
-
-def predict_probabilities(model: Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities for uint8 NHWC images, scaled as the model was trained.
-
-    A model that states its preprocessing scales uint8 input itself (whatever its scaling); one saved
-    before models did is a lab model, scaled here as the lab does.
-    """
-    if getattr(model, "preprocessing", None):
-        return model.predict(images, batch_size=batch_size)
-    return model.predict(scale_images(images), batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- image files
@@ -125,16 +81,16 @@ def predict_images(
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    class_names = model_class_names(model)
+    class_names = model.class_names
     if not 1 <= top <= len(class_names):
         raise ConfigError(f"top must be 1..{len(class_names)} (the model's classes), got {top}")
-    resize = resize or model_preprocessing(model)["resize"]
+    resize = resize or model.preprocessing.get("resize", "stretch")
     if resize not in RESIZE_MODES:
         raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     height, width, channels = model.input_shape
     color_mode = "grayscale" if channels == 1 else "rgb"
     images, kept, skipped, notes = load_images(image_files(paths), (height, width), resize, color_mode)
-    probabilities = predict_probabilities(model, images, batch_size) if len(images) else np.zeros((0, len(class_names)))
+    probabilities = model.predict(images, batch_size=batch_size) if len(images) else np.zeros((0, len(class_names)))
     predictions = []
     for path, image, row in zip(kept, images, probabilities, strict=True):
         best = np.argsort(-row, kind="stable")[:top]
@@ -215,8 +171,8 @@ def evaluate_model(model: Model, images: np.ndarray, labels: np.ndarray) -> Eval
 
     if len(images) == 0:
         raise DataError("no images to evaluate on; pass a data set with a test split")
-    names = model_class_names(model)
-    probabilities = predict_probabilities(model, images)
+    names = model.class_names
+    probabilities = model.predict(images)
     labels = np.asarray(labels).reshape(-1)
     return Evaluation(
         loss=float(sklearn.metrics.log_loss(labels, probabilities, labels=np.arange(len(names)))),
@@ -231,5 +187,5 @@ def evaluate_model(model: Model, images: np.ndarray, labels: np.ndarray) -> Eval
 def evaluate_on(model: Model, spec: str | os.PathLike | None) -> tuple[Evaluation, np.ndarray]:
     """Evaluate on a data set spec after checking its classes are the model's; returns the images too."""
     images, labels, data_names = _evaluation_data(spec, model)
-    check_class_names(model_class_names(model), data_names)
+    check_class_names(model.class_names, data_names)
     return evaluate_model(model, images, labels), images

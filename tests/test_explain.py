@@ -20,6 +20,7 @@ from torch import nn
 from cnnlab import explain
 from cnnlab.cli import main
 from cnnlab.convolution import SOBEL_X, SOBEL_Y, gaussian_kernel
+from cnnlab.data import CLASS_NAMES
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.models import build_cnn
 
@@ -112,9 +113,9 @@ def test_first_conv_is_found_in_a_lab_cnn_and_filter_grid_is_drawn(tmp_path):
 
 
 def test_recipe_whitening_filters_are_matched_at_their_2x2_size():
-    from cnnlab.recipes import build_recipe_network
+    from cnnlab.recipes import RecipeNet
 
-    network = build_recipe_network("fast")
+    network = RecipeNet((32, 128, 256))
     network.init_whitening(torch.tensor(random_images(64, 16)).permute(0, 3, 1, 2))
     name, conv = explain.first_conv(network)
     rows = explain.match_filters(network)
@@ -136,10 +137,12 @@ def test_feature_maps_have_the_block_shapes_after_pooling(tmp_path):
 
 
 def test_grad_cam_defaults_to_the_last_conv_layer_of_the_lab_cnn():
-    model = build_cnn(n_conv_layers=2, n_filters=4, device="cpu")
+    model = build_cnn(n_conv_layers=2, n_filters=4, class_names=CLASS_NAMES, device="cpu")
     result = explain.grad_cam(model, random_images(2, 32))
     assert result.layer == "conv2d_2" and result.raw.shape == (2, 16, 16) and result.maps.shape == (2, 32, 32)
-    assert result.class_names[3] == "cat"  # CIFAR-10's names for a 10-class model without its own
+    assert result.class_names[3] == "cat"  # the model's own names
+    unnamed = explain.grad_cam(build_cnn(n_conv_layers=2, n_filters=4, device="cpu"), random_images(1, 32))
+    assert unnamed.class_names[3] == "3"  # a model built without names shows class numbers
 
 
 class Logits(nn.Module):
@@ -253,9 +256,9 @@ def test_explain_cli_bad_inputs_are_one_line_errors(run_folder, photos_dir, tmp_
         assert main(["explain", str(run_folder), photo, *options, "--out", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
     for model, message in [
-        (not_safetensors, "is not a cnnlab model"),
-        (foreign, "was not written by Model.save"),
-        (tmp_path, "holds no weights.safetensors"),
+        (not_safetensors, "is not a readable safetensors file"),
+        (foreign, "is not a cnnlab model"),
+        (tmp_path, "does not exist; give a model file"),
     ]:
         assert main(["explain", str(model), photo, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err

@@ -11,7 +11,6 @@ import pytest
 from cnnlab.data import CLASS_NAMES
 from cnnlab.export import INPUT_NAME, PARITY_TOLERANCE, check_images, export_onnx, read_metadata
 from cnnlab.models import build_cnn
-from cnnlab.predict import predict_probabilities
 from cnnlab.recipes import build_recipe_model
 
 
@@ -27,10 +26,15 @@ def _trained_ish(model):
 
 
 MODELS = {
-    "lab CNN, flatten head": lambda: build_cnn(n_conv_layers=4, n_dense_layers=1, use_dropout=True, device="cpu"),
-    "lab CNN, gap head": lambda: build_cnn(n_conv_layers=3, head="gap", device="cpu"),
+    "lab CNN, flatten head": lambda: build_cnn(
+        n_conv_layers=4, n_dense_layers=1, use_dropout=True, class_names=CLASS_NAMES, device="cpu"
+    ),
+    "lab CNN, gap head": lambda: build_cnn(n_conv_layers=3, head="gap", class_names=CLASS_NAMES, device="cpu"),
     "recipe network": lambda: build_recipe_model(
-        "fast", np.random.default_rng(0).uniform(-1, 1, (256, 32, 32, 3)).astype(np.float32), device="cpu"
+        "fast",
+        np.random.default_rng(0).uniform(-1, 1, (256, 32, 32, 3)).astype(np.float32),
+        class_names=CLASS_NAMES,
+        device="cpu",
     ),
 }
 
@@ -58,7 +62,7 @@ def test_dynamic_batch_on_raw_pixels(exported, batch):
     images = check_images(model, batch, seed=batch)
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     probabilities = session.run(None, {INPUT_NAME: images})[0]
-    expected = predict_probabilities(model, images)
+    expected = model.predict(images)
     assert probabilities.shape == (batch, 10)
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
     assert np.abs(probabilities - expected).max() < PARITY_TOLERANCE

@@ -28,7 +28,7 @@ def cifar10(cifar10_archive, session_cache):
 def run_folder(cifar10, tmp_path_factory):
     """A run folder of a small CNN trained for one epoch on a few hundred real images."""
     (x_train, y_train), _ = cifar10
-    model = build_cnn(n_conv_layers=2, n_filters=8, device="cpu")
+    model = build_cnn(n_conv_layers=2, n_filters=8, class_names=CLASS_NAMES, device="cpu")
     run = tmp_path_factory.mktemp("run")
     model.fit(scale_images(x_train[:TRAIN_IMAGES]), y_train[:TRAIN_IMAGES], epochs=1, verbose=0, run_dir=run)
     return run
@@ -45,10 +45,10 @@ def cifar_pngs(cifar10, tmp_path_factory):
 
 
 def test_predict_images_matches_the_model_on_the_same_pixels(run_folder, cifar_pngs):
-    from cnnlab.predict import load_trained_model
+    from cnnlab.models import load_model
 
     folder, images, _ = cifar_pngs
-    model = load_trained_model(run_folder, device="cpu")
+    model = load_model(run_folder, device="cpu")
     result = predict_images(model, [folder], top=3)
     assert [p.path.name for p in result.predictions] == sorted(p.name for p in folder.iterdir())
     assert not result.skipped
@@ -101,7 +101,7 @@ def test_cli_predict_folder_without_images(run_folder, tmp_path, capsys):
 
 
 def test_grayscale_model_gets_colour_photos_converted(photos_dir, tmp_path):
-    model = build_cnn(input_shape=(32, 32, 1), n_filters=4, device="cpu")
+    model = build_cnn(input_shape=(32, 32, 1), n_filters=4, class_names=CLASS_NAMES, device="cpu")
     result = predict_images(model, sorted(photos_dir.glob("*.jpg"))[:2], top=1)
     assert [p.image.shape for p in result.predictions] == [(32, 32, 1)] * 2
     assert any("grayscale" in note for note in result.notes)

@@ -29,10 +29,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.files import write_json
+    from cnnlab.models import load_model
     from cnnlab.plots import confusion_matrix_figure, misclassified_gallery
-    from cnnlab.predict import evaluate_on, load_trained_model
+    from cnnlab.predict import evaluate_on
 
-    model = load_trained_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     evaluation, images = evaluate_on(model, args.data)
     total = int(evaluation.confusion.sum())
     print(f"{total} images: loss {evaluation.loss:.4f}, accuracy {evaluation.accuracy:.4f}")

@@ -9,7 +9,6 @@ from pathlib import Path
 from cnnlab.errors import ConfigError, DataError
 
 RESNET = "resnet50"
-WEIGHTS_FILE = "weights.safetensors"
 
 
 def register(subparsers) -> None:
@@ -44,23 +43,9 @@ def load_explained_model(spec: str, weights: Path | None = None, device: str = "
         from cnnlab.pretrained import load_resnet50
 
         return load_resnet50(weights).to(pick_device(device))
-    path = Path(spec)
-    if path.is_dir():
-        if not (path / WEIGHTS_FILE).is_file():
-            raise DataError(f"{path} holds no {WEIGHTS_FILE}; pass a finished run folder or a model file")
-        path = path / WEIGHTS_FILE
-    elif not path.is_file():
-        raise DataError(f"{path}: no such model file or run folder; pass a run folder, a .safetensors or 'resnet50'")
-    from safetensors import SafetensorError
-
     from cnnlab.models import load_model
 
-    try:
-        return load_model(path, device=device)
-    except (SafetensorError, OSError) as error:  # not a safetensors file at all
-        raise DataError(
-            f"{path} is not a cnnlab model ({error}); pass a run folder or the .safetensors Model.save wrote"
-        ) from error
+    return load_model(spec, device=device)
 
 
 def load_model_images(

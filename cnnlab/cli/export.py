@@ -30,9 +30,9 @@ def default_output(model_path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.export import export_onnx
-    from cnnlab.predict import load_trained_model
+    from cnnlab.models import load_model
 
-    model = load_trained_model(args.model, device="cpu")  # ONNX Runtime is compared with PyTorch on the CPU
+    model = load_model(args.model, device="cpu")  # ONNX Runtime is compared with PyTorch on the CPU
     result = export_onnx(model, args.out or default_output(args.model))
     size = result.path.stat().st_size
     print(f"Wrote {result.path} ({size / 2**20:.2f} MB, {result.seconds:.1f} s)")

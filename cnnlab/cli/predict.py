@@ -36,10 +36,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.predict import format_prediction, load_trained_model, predict_images, predictions_json
+    from cnnlab.models import load_model
+    from cnnlab.predict import format_prediction, predict_images, predictions_json
     from cnnlab.pretrained import plot_predictions
 
-    model = load_trained_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     result = predict_images(model, args.images, top=args.top, resize=args.resize)
     figure = None
     if result.predictions:
