@@ -70,7 +70,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the killed run in --out from its last epoch")
     parser.add_argument(
-        "--overwrite", action="store_true", help="delete what --out holds and train anew (without it, a run already there is kept)"
+        "--overwrite",
+        action="store_true",
+        help="delete what --out holds and train anew (without it, a run there is kept)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")

@@ -79,9 +79,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from cnnlab.carbon import CarbonSettings
     from cnnlab.data import load_lab_data
-    from cnnlab.tuning import TuneSettings, format_table, load_space, tune
-
     from cnnlab.errors import ConfigError
+    from cnnlab.tuning import TuneSettings, format_table, load_space, tune
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the study (new or existing)")
