@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from cnnlab.errors import DataError
 from cnnlab.files import cache_dir
+from cnnlab.locks import writes_cache_entry
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -197,6 +198,7 @@ def _read_folder(path: Path) -> dict[str, tuple[bytes, str]]:
 # --------------------------------------------------------------------------- cache
 
 
+@writes_cache_entry("data cache")  # one writer at a time: two renames onto one target collide
 def _write_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write the arrays into a temp folder beside ``target``, then rename: all or nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ reported as such rather than trusted.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import socket
@@ -115,3 +116,18 @@ def folder_lock(path: str | os.PathLike, what: str = "run folder", wait: float =
 def cache_lock(folder: str | os.PathLike, what: str = "cache folder"):
     """Lock a cache folder around one write: a second writer waits its turn instead of failing."""
     return folder_lock(folder, what=what, wait=CACHE_WAIT_SECONDS)
+
+
+def writes_cache_entry(what: str):
+    """Decorate a function whose first argument is the cache entry it writes (a file or a folder):
+    it runs holding the cache lock of the entry's parent folder."""
+
+    def decorate(write):
+        @functools.wraps(write)
+        def locked(target, *args, **kwargs):
+            with cache_lock(Path(target).parent, what=what):
+                return write(target, *args, **kwargs)
+
+        return locked
+
+    return decorate

