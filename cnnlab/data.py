@@ -297,7 +297,7 @@ def load_cifar10(source: str | os.PathLike | None = None, *, allow_download: boo
 def _decode_local(path: Path, label: str) -> tuple[dict[str, np.ndarray], dict]:
     if path.is_dir():
         batches, md5 = _read_folder(path), None
-    elif tarfile.is_tarfile(path) or path.suffix in (".xz", ".gz", ".tgz", ".tar"):
+    elif path.suffix in (".xz", ".gz", ".tgz", ".tar") or tarfile.is_tarfile(path):  # is_tarfile raises on a cut .gz
         batches, md5 = _read_archive(path)
     else:
         raise DataError(f"{path}: neither a folder nor a tar archive; {OFFLINE_HELP}")

@@ -18,6 +18,7 @@ import errno
 import functools
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -33,6 +34,9 @@ LOCK_NAME = ".cnnlab.lock"
 CACHE_WAIT_SECONDS = 600.0  # a cache write (decoding CIFAR-10, converting weights) takes well under this
 # Errors of a write that names no file: inside a locked folder, the folder is the best path to name.
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+# numpy's np.save reports a write() that came up short ("307200 requested and 302976 written") without an
+# errno; on a local file that happens when the disk is full.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 
 def holder_record() -> dict:
@@ -78,6 +82,8 @@ def _alive(pid: int) -> bool:
 
 def _name_the_folder(error: OSError, folder: Path) -> OSError:
     """A failed write() names no file; say which folder it was writing."""
+    if error.errno is None and _SHORT_WRITE.search(str(error)):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
     if error.filename is None and error.errno in _WRITE_ERRNOS:
         return OSError(error.errno, error.strerror, str(folder))
     return error

@@ -77,10 +77,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.carbon import CarbonSettings
-    from cnnlab.data import load_lab_data
     from cnnlab.errors import ConfigError
-    from cnnlab.tuning import TuneSettings, format_table, load_space, tune
+    from cnnlab.locks import folder_lock
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the study (new or existing)")
@@ -88,6 +86,15 @@ def run(args: argparse.Namespace) -> int:
         if not args.ray_token_file.is_file():
             raise ConfigError(f"--ray-token-file {args.ray_token_file} does not exist; on the head: ray get-auth-token")
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(args.ray_token_file.resolve())  # where Ray reads a token from
+    with folder_lock(args.out, what="tuning study folder"):  # before the data: a second search stops at once
+        return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from cnnlab.carbon import CarbonSettings
+    from cnnlab.data import load_lab_data
+    from cnnlab.tuning import TuneSettings, format_table, load_space, tune
+
     space = load_space(args.space)
     settings = TuneSettings(
         trials=args.trials,
