@@ -45,16 +45,37 @@ def run(command: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
 
 
-def kill_at(command: list[str], env: dict, seconds: float) -> bool:
-    """Start ``command`` and SIGKILL it after ``seconds``; False if it had already finished."""
+def kill_at(command: list[str], env: dict, seconds: float) -> float | None:
+    """Start ``command`` and SIGKILL it after ``seconds``; if it finished first, how long it took."""
+    started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         process.wait(timeout=seconds)
-        return False
+        return time.perf_counter() - started
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
         process.wait()
-        return True
+        return None
+
+
+def kill_moments(kills: int, wall: float, command_for, env: dict, rng: random.Random, check) -> dict[str, int]:
+    """Kill runs until ``kills`` were killed mid-run (at most 3x as many tries); ``check(index, moment)``
+    reruns a killed one and says whether it ended as if never killed. A run that finishes before its
+    kill moment shortens the window for the next ones (the machine got quieter)."""
+    counts = {"killed": 0, "finished before the kill": 0, "resumed": 0, "lost": 0}
+    for index in range(3 * kills):
+        if counts["killed"] == kills:
+            break
+        moment = rng.uniform(0.05, 0.95) * wall
+        finished_after = kill_at(command_for(index), env, moment)
+        if finished_after is not None:
+            counts["finished before the kill"] += 1
+            wall = min(wall, finished_after)
+            continue
+        counts["killed"] += 1
+        counts["resumed" if check(index, moment) else "lost"] += 1
+        print(f"  kill {counts['killed']}/{kills} at {moment:.1f} s; {counts}")
+    return counts
 
 
 def history(run_dir: Path) -> list[dict[str, str]]:
@@ -80,23 +101,20 @@ def train_campaign(kills: int, data: str, work: Path, env: dict, rng: random.Ran
         sys.exit(f"the reference run failed:\n{done.stderr[-2000:]}")
     wall, expected = time.perf_counter() - started, history(reference)
     print(f"train: reference run {wall:.0f} s, {len(expected)} epochs")
-    counts = {"killed": 0, "finished before the kill": 0, "resumed": 0, "lost": 0}
-    for index in range(kills):
+
+    def command_for(index: int) -> list[str]:
+        return cnnlab("train", "--out", str(work / f"train-{index}"), "--data", data, *TRAIN_ARGS)
+
+    def check(index: int, moment: float) -> bool:
         out = work / f"train-{index}"
-        command = cnnlab("train", "--out", str(out), "--data", data, *TRAIN_ARGS)
-        moment = rng.uniform(0.1, 1.0) * wall
-        if not kill_at(command, env, moment):
-            counts["finished before the kill"] += 1
-        else:
-            counts["killed"] += 1
-            checkpointed = out.is_dir() and any(p.name.startswith("checkpoint") for p in out.iterdir())
-            rerun = run([*command, "--resume" if checkpointed else "--overwrite"], env)
-            ok = rerun.returncode == 0 and same_history(history(out), expected)
-            counts["resumed" if ok else "lost"] += 1
-            if not ok:
-                print(f"  kill at {moment:.1f} s lost the run {out}: {rerun.stderr.strip()[-500:]}")
-        print(f"  {index + 1}/{kills}: kill at {moment:.1f} s; {counts}")
-    return counts
+        checkpointed = out.is_dir() and any(p.name.startswith("checkpoint") for p in out.iterdir())
+        rerun = run([*command_for(index), "--resume" if checkpointed else "--overwrite"], env)
+        ok = rerun.returncode == 0 and same_history(history(out), expected)
+        if not ok:
+            print(f"  kill at {moment:.1f} s lost the run {out}: {rerun.stderr.strip()[-500:]}")
+        return ok
+
+    return kill_moments(kills, wall, command_for, env, rng, check)
 
 
 def stored_parts(out: Path) -> dict[str, bytes]:
@@ -114,33 +132,26 @@ def lab_campaign(kills: int, data: str, parts: list[str], work: Path, env: dict,
         sys.exit(f"the reference lab run failed:\n{done.stderr[-2000:]}")
     wall = time.perf_counter() - started
     print(f"lab: reference run {wall:.0f} s, parts {parts}")
-    counts = {"killed": 0, "finished before the kill": 0, "resumed": 0, "lost": 0}
-    for index in range(kills):
+
+    def command_for(index: int) -> list[str]:
+        return cnnlab("lab", "--out", str(work / f"lab-{index}"), *arguments)
+
+    def check(index: int, moment: float) -> bool:
         out = work / f"lab-{index}"
-        command = cnnlab("lab", "--out", str(out), *arguments)
-        moment = rng.uniform(0.1, 1.0) * wall
-        if not kill_at(command, env, moment):
-            counts["finished before the kill"] += 1
-            continue
-        counts["killed"] += 1
         before = stored_parts(out)
-        rerun = run(command, env)
+        rerun = run(command_for(index), env)
         after = stored_parts(out)
         try:
             verified = all(read_stored_part(out / "parts" / name) for name in after)
         except CorruptPart:
             verified = False
-        ok = (
-            rerun.returncode == 0
-            and verified
-            and (out / "report.html").is_file()
-            and all(after.get(name) == raw for name, raw in before.items())
-        )
-        counts["resumed" if ok else "lost"] += 1
+        kept = all(after.get(name) == raw for name, raw in before.items())
+        ok = rerun.returncode == 0 and verified and kept and (out / "report.html").is_file()
         if not ok:
             print(f"  kill at {moment:.1f} s lost {out}: {rerun.stderr.strip()[-500:]}")
-        print(f"  {index + 1}/{kills}: kill at {moment:.1f} s; {counts}")
-    return counts
+        return ok
+
+    return kill_moments(kills, wall, command_for, env, rng, check)
 
 
 def main() -> None:
