@@ -4,8 +4,8 @@
 
 Training: one uninterrupted reference run first (its wall time bounds the kill moments), then N runs,
 each killed with SIGKILL at a random moment and finished with `--resume` (or `--overwrite` when it died
-before its first checkpoint). A run counts as resumed when its final history.csv equals the
-reference's (same seed, same machine: the same numbers); anything else is lost.
+before its first checkpoint: "restarted"). A run counts as resumed when its final history.csv equals
+the reference's (same seed, same machine: the same numbers); anything else is lost.
 
 Lab: `cnnlab lab --quick --only <parts>`, killed at M random moments and run again. It counts as resumed
 when the rerun exits 0, every part is stored and passes its checksum, the report exists, and every part
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_ARGS = ["--epochs", "3", "--n-train-val", "600", "--n-test", "100", "--batch-size", "20", "--n-filters", "8",
+TRAIN_ARGS = ["--epochs", "4", "--n-train-val", "2000", "--n-test", "100", "--batch-size", "20", "--n-filters", "8",
               "--quiet"]  # fmt: skip
 
 
@@ -60,9 +60,10 @@ def kill_at(command: list[str], env: dict, seconds: float) -> float | None:
 
 def kill_moments(kills: int, wall: float, command_for, env: dict, rng: random.Random, check) -> dict[str, int]:
     """Kill runs until ``kills`` were killed mid-run (at most 3x as many tries); ``check(index, moment)``
-    reruns a killed one and says whether it ended as if never killed. A run that finishes before its
+    reruns a killed one and says "resumed" (went on from what was saved), "restarted" (killed before
+    anything was saved) or "lost" (did not end as if never killed). A run that finishes before its
     kill moment shortens the window for the next ones (the machine got quieter)."""
-    counts = {"killed": 0, "finished before the kill": 0, "resumed": 0, "lost": 0}
+    counts = {"killed": 0, "finished before the kill": 0, "resumed": 0, "restarted": 0, "lost": 0}
     for index in range(3 * kills):
         if counts["killed"] == kills:
             break
@@ -73,7 +74,7 @@ def kill_moments(kills: int, wall: float, command_for, env: dict, rng: random.Ra
             wall = min(wall, finished_after)
             continue
         counts["killed"] += 1
-        counts["resumed" if check(index, moment) else "lost"] += 1
+        counts[check(index, moment)] += 1
         print(f"  kill {counts['killed']}/{kills} at {moment:.1f} s; {counts}")
     return counts
 
@@ -105,14 +106,14 @@ def train_campaign(kills: int, data: str, work: Path, env: dict, rng: random.Ran
     def command_for(index: int) -> list[str]:
         return cnnlab("train", "--out", str(work / f"train-{index}"), "--data", data, *TRAIN_ARGS)
 
-    def check(index: int, moment: float) -> bool:
+    def check(index: int, moment: float) -> str:
         out = work / f"train-{index}"
         checkpointed = out.is_dir() and any(p.name.startswith("checkpoint") for p in out.iterdir())
         rerun = run([*command_for(index), "--resume" if checkpointed else "--overwrite"], env)
-        ok = rerun.returncode == 0 and same_history(history(out), expected)
-        if not ok:
-            print(f"  kill at {moment:.1f} s lost the run {out}: {rerun.stderr.strip()[-500:]}")
-        return ok
+        if rerun.returncode == 0 and same_history(history(out), expected):
+            return "resumed" if checkpointed else "restarted"
+        print(f"  kill at {moment:.1f} s lost the run {out}: {rerun.stderr.strip()[-500:]}")
+        return "lost"
 
     return kill_moments(kills, wall, command_for, env, rng, check)
 
@@ -136,7 +137,7 @@ def lab_campaign(kills: int, data: str, parts: list[str], work: Path, env: dict,
     def command_for(index: int) -> list[str]:
         return cnnlab("lab", "--out", str(work / f"lab-{index}"), *arguments)
 
-    def check(index: int, moment: float) -> bool:
+    def check(index: int, moment: float) -> str:
         out = work / f"lab-{index}"
         before = stored_parts(out)
         rerun = run(command_for(index), env)
@@ -146,10 +147,10 @@ def lab_campaign(kills: int, data: str, parts: list[str], work: Path, env: dict,
         except CorruptPart:
             verified = False
         kept = all(after.get(name) == raw for name, raw in before.items())
-        ok = rerun.returncode == 0 and verified and kept and (out / "report.html").is_file()
-        if not ok:
-            print(f"  kill at {moment:.1f} s lost {out}: {rerun.stderr.strip()[-500:]}")
-        return ok
+        if rerun.returncode == 0 and verified and kept and (out / "report.html").is_file():
+            return "resumed" if before else "restarted"
+        print(f"  kill at {moment:.1f} s lost {out}: {rerun.stderr.strip()[-500:]}")
+        return "lost"
 
     return kill_moments(kills, wall, command_for, env, rng, check)
 
@@ -173,17 +174,15 @@ def main() -> None:
         run([*warm, args.data], env)  # decode once into the cache, so the reference run's time is a later run's
         train = train_campaign(args.train_kills, args.data, work, env, rng) if args.train_kills else None
         lab = lab_campaign(args.lab_kills, args.data, args.lab_parts, work, env, rng) if args.lab_kills else None
-    print("\n| campaign | kill -9 moments | resumed | lost | finished before the kill |")
+    print("\n| campaign | kill -9 moments | resumed | restarted (killed before anything was saved) | lost |")
     print("|---|---|---|---|---|")
-    for name, counts, total in (("cnnlab train", train, args.train_kills), ("cnnlab lab --quick", lab, args.lab_kills)):
+    for name, counts in (("cnnlab train", train), ("cnnlab lab --quick", lab)):
         if counts:
-            print(
-                f"| {name} | {total} | {counts['resumed']} | {counts['lost']} | {counts['finished before the kill']} |"
-            )
-    for name, counts, total in (("train", train, args.train_kills), ("lab", lab, args.lab_kills)):
+            print(f"| {name} | {counts['killed']} | {counts['resumed']} | {counts['restarted']} | {counts['lost']} |")
+    for name, counts in (("train", train), ("lab", lab)):
         if counts:
-            print(f"{name}: kill -9 at {total} moments: {counts['resumed']} resumed, {counts['lost']} lost"
-                  f" ({counts['finished before the kill']} had finished before the kill)")  # fmt: skip
+            print(f"{name}: kill -9 at {counts['killed']} moments: {counts['resumed']} resumed, "
+                  f"{counts['restarted']} restarted, {counts['lost']} lost")  # fmt: skip
 
 
 if __name__ == "__main__":
