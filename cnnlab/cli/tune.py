@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     parser.add_argument("--study-name", default="cnnlab-tune", help="study to create or continue")
     parser.add_argument("--storage", help="SQLAlchemy URL or SQLite file path (default: OUT/study.db)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the sampler")
-    parser.add_argument("--address", help="Ray cluster to join (with --engine ray), e.g. HEAD:6379 from ray start --head")
+    parser.add_argument("--address", help="Ray cluster to join (--engine ray): HEAD:PORT of `ray start --head`")
     parser.add_argument(
         "--ray-token-file", type=Path, help="file holding the Ray cluster's token (default: Ray's, ~/.ray/auth_token)"
     )
