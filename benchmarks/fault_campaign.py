@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_ARGS = ["--epochs", "4", "--n-train-val", "2000", "--n-test", "100", "--batch-size", "20", "--n-filters", "8",
+TRAIN_ARGS = ["--epochs", "5", "--n-train-val", "5000", "--n-test", "100", "--batch-size", "20", "--n-filters", "8",
               "--quiet"]  # fmt: skip
 
 
