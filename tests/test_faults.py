@@ -229,6 +229,8 @@ def test_overwrite_replaces_the_run(tmp_path, capsys):
 def test_resume_needs_a_checkpoint_and_excludes_overwrite(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--resume"]) == 2
     assert "no checkpoint in" in _one_line_error(capsys, "train")
+    assert main(["train", "--out", str(tmp_path / "typo"), "--resume"]) == 2
+    assert "typo does not exist" in _one_line_error(capsys, "train") and not (tmp_path / "typo").exists()
     assert main(["train", "--out", str(tmp_path), "--resume", "--overwrite"]) == 2
     assert "choose one" in _one_line_error(capsys, "train")
 

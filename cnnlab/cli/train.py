@@ -115,6 +115,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: choose one")
     settings = resolve_settings(args)
     out = _run_folder(args)
     with folder_lock(out, what="run folder"):
@@ -127,6 +129,8 @@ def _run_folder(args: argparse.Namespace) -> Path:
     if args.out is not None:
         if args.out.exists() and not args.out.is_dir():
             raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the run (new or existing)")
+        if args.resume and not args.out.is_dir():
+            raise ConfigError(f"--resume: {args.out} does not exist; give the run folder of the killed run with --out")
         return args.out
     stamp = time.strftime("%Y%m%d-%H%M%S")
     Path("runs").mkdir(exist_ok=True)
@@ -142,8 +146,6 @@ def _run_folder(args: argparse.Namespace) -> Path:
 
 def _guard_existing_run(out: Path, args: argparse.Namespace) -> None:
     """Never overwrite a run by accident: a run in ``out`` needs --resume (continue it) or --overwrite."""
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: choose one")
     found = sorted(path.name for path in out.iterdir() if path.name in RUN_FILES or path.name.startswith("checkpoint"))
     if args.resume:
         if not any(name.startswith("checkpoint") for name in found):
