@@ -41,10 +41,13 @@ _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 def holder_record() -> dict:
     """Who this process is, as written into the lock file it holds."""
+    program = os.path.basename(sys.argv[0])
+    if program in ("", "-c", "__main__.py"):  # python -c / python -m: say which Python
+        program = f"{os.path.basename(sys.executable)} {program}".strip()
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "command": " ".join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])[:300],
+        "command": " ".join([program, *sys.argv[1:]])[:300],
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

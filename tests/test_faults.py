@@ -159,7 +159,7 @@ def test_a_second_writer_stops_at_once_naming_the_holder(held_folder, capsys, ar
     before = _files(folder)
     assert main([*argv, "--out", str(folder)]) == 2
     error = _one_line_error(capsys, argv[0])
-    assert f"{folder} is in use by PID {holder.pid} on " in error and "since" in error
+    assert f"{folder} is in use by PID {holder.pid} on " in error and "python" in error and "since" in error
     assert _files(folder) == before
 
 
