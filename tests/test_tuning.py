@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -352,6 +353,7 @@ def _ray_head(home: Path, port: int, **env: str):
         time.sleep(1)  # gcs_server and raylet stop a moment after `ray start`
         with suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _tune_on(address: str, home: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
