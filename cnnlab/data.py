@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from cnnlab.errors import DataError
 from cnnlab.files import cache_dir
+from cnnlab.locks import writes_cache_entry
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -230,6 +231,7 @@ def _read_folder(path: Path) -> dict[str, tuple[bytes, str]]:
 # --------------------------------------------------------------------------- cache
 
 
+@writes_cache_entry("data cache")  # one writer at a time: two renames onto one target collide
 def write_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write the arrays into a temp folder beside ``target``, then rename: all or nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +344,7 @@ def load_cifar10(source: str | os.PathLike | None = None, *, allow_download: boo
 def _decode_local(path: Path, label: str) -> tuple[dict[str, np.ndarray], dict]:
     if path.is_dir():
         batches, md5 = _read_folder(path), None
-    elif tarfile.is_tarfile(path) or path.suffix in (".xz", ".gz", ".tgz", ".tar"):
+    elif path.suffix in (".xz", ".gz", ".tgz", ".tar") or tarfile.is_tarfile(path):  # is_tarfile raises on a cut .gz
         batches, md5 = _read_archive(path)
     else:
         raise DataError(f"{path}: neither a folder nor a tar archive; {OFFLINE_HELP}")

@@ -42,12 +42,12 @@ def configure_threads(threads: int | None = None) -> int:
         env = os.environ.get(THREADS_ENV, "").strip()
         if env:
             if not env.isdigit() or int(env) < 1:
-                raise ValueError(f"{THREADS_ENV}={env!r} is not a positive whole number; e.g. {THREADS_ENV}=2")
+                raise ConfigError(f"{THREADS_ENV}={env!r} is not a positive whole number; e.g. {THREADS_ENV}=2")
             threads = int(env)
         else:
             threads = available_cores()
     if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+        raise ConfigError(f"threads must be at least 1, got {threads}")
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)

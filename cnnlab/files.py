@@ -6,8 +6,10 @@ rename, so a reader (or a killed run) never sees half a file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,12 +39,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        _write_naming(path, tmp, write)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+DISK_FULL_BYTES = 1 << 20  # under this much free space, a failed write is taken for a full disk
+
+
+def _write_naming(path: Path, tmp: str, write: Callable[[str], None]) -> None:
+    """Run ``write(tmp)``; an OSError names ``path`` (not the temp file, nor nothing, as a failed
+    write() does), and a full disk is an OSError(ENOSPC) even when the writer hid it: torch.save's
+    C++ writer raises RuntimeError("... unexpected pos ...") and safetensors its own error."""
+    try:
+        write(tmp)
+    except OSError as error:
+        if error.filename in (None, tmp):
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+    except Exception as error:
+        if shutil.disk_usage(path.parent).free < DISK_FULL_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
+        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -16,7 +16,6 @@ import os
 import posixpath
 import re
 import tarfile
-import tempfile
 import time
 import warnings
 import zlib
@@ -33,9 +32,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.files import cache_dir
+from cnnlab.files import atomic_write, cache_dir
 from cnnlab.imagenet_classes import IMAGENET_CLASSES
 from cnnlab.images import MAX_IMAGE_PIXELS, load_image
+from cnnlab.locks import cache_lock
 from cnnlab.models import ModelConfig, create_model, register_model
 from cnnlab.training import Model, check_compile_settings
 
@@ -599,14 +599,8 @@ def save_weights(model: ResNet50, path: str | os.PathLike, source: str = "") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.contiguous() for key, value in model.state_dict().items() if "num_batches" not in key}
     metadata = {"format": SAFETENSORS_FORMAT, "bn_epsilon": repr(model.epsilon), "source": source}
-    fd, temporary = tempfile.mkstemp(prefix=".resnet50-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with cache_lock(path.parent, what="weights cache"):
+        atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
     return path
 
 

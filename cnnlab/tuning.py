@@ -15,11 +15,13 @@ import io
 import logging
 import math
 import os
+import socket
+import sqlite3
 import time
 import tomllib
 import warnings
 from collections.abc import Callable
-from contextlib import redirect_stdout
+from contextlib import closing, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from cnnlab.data import IMAGE_SHAPE, LabData
 from cnnlab.device import THREADS_ENV, available_cores, configure_threads
 from cnnlab.errors import CnnlabError, ConfigError, TrainingDiverged
 from cnnlab.files import atomic_write, write_json
+from cnnlab.locks import folder_lock
 from cnnlab.models import HEADS, build_cnn
 from cnnlab.training import OPTIMIZERS, Callback, Model
 
@@ -140,8 +143,26 @@ def _suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> 
     return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
 
 
-def load_space(path: str | os.PathLike) -> SearchSpace:
-    """Read and check a search-space TOML file (format: examples/space.toml)."""
+# The lab's search space: what `cnnlab tune` searches without --space (examples/space.toml is this, commented).
+DEFAULT_SPACE: dict[str, Any] = {
+    "n_conv_layers": {"low": 1, "high": 4},
+    "n_filters": {"low": 8, "high": 48, "log": True},
+    "n_dense_layers": {"low": 0, "high": 2},
+    "n_nodes": {"low": 32, "high": 256, "step": 32},
+    "use_dropout": {"choices": [True, False]},
+    "dropout_rate": {"low": 0.1, "high": 0.5},
+    "batch_size": {"choices": [16, 32, 64, 128]},
+    "learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
+    "optimizer": {"choices": ["adam", "sgd", "rmsprop"]},
+    "augment_strength": {"low": 0.0, "high": 1.0},
+    "head": "flatten",
+}
+
+
+def load_space(path: str | os.PathLike | None = None) -> SearchSpace:
+    """Read and check a search-space TOML file (format: examples/space.toml); None is DEFAULT_SPACE."""
+    if path is None:
+        return parse_space(DEFAULT_SPACE, "the lab's search space")
     path = Path(path)
     try:
         spec = tomllib.loads(path.read_text())
@@ -438,6 +459,38 @@ def storage_url(storage: str | None, out: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+def check_sqlite_study(url: str) -> None:
+    """Refuse a damaged SQLite study in one line (Optuna would fail deep inside SQLAlchemy).
+
+    SQLite's own quick_check reads every page of the file: a truncated or overwritten database fails it.
+    """
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        verdict = str(error)
+    if verdict != "ok":
+        raise ConfigError(
+            f"{path}: the study database is damaged ({verdict}); move it away (its trials are lost) and run again, "
+            "or run again with --fresh (it is kept as a .old file beside and a new study starts)"
+        )
+
+
+def set_aside_study(url: str) -> Path | None:
+    """Start a new study: rename the SQLite study file to <name>.<time>.old (never delete trials)."""
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if path is None or not path.exists():
+        return None
+    kept = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.old")
+    path.rename(kept)
+    return kept
+
+
 def _pruner(settings: TuneSettings) -> optuna.pruners.BasePruner:
     if settings.multi_objective or settings.pruner == "none":  # Optuna prunes single objectives only
         return optuna.pruners.NopPruner()
@@ -567,6 +620,73 @@ def _ray_trial(config: dict, data: LabData, epochs: int, seed: int, threads: int
     train_trial(config, data, epochs, seed, report, device="cpu", carbon=carbon)
 
 
+RAY_TOKEN_FILE = Path("~/.ray/auth_token")  # where `ray start` and `ray get-auth-token --generate` keep it
+
+
+def use_ray_token_if_available() -> bool:
+    """Turn on Ray's token authentication for this driver when a token is at hand; True if on.
+
+    Ray (2.5x+) makes `ray start --head` use token authentication whenever a token exists, but a driver
+    given an explicit --address never turns it on by itself, so it is refused with "Failed to connect".
+    A token is taken from where Ray looks: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token;
+    a cluster without authentication accepts a driver that sends one. $RAY_AUTH_MODE, when set, decides.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return os.environ["RAY_AUTH_MODE"].lower() == "token"
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or RAY_TOKEN_FILE).expanduser()
+    if not (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray caches its configuration when imported: make it read the environment again, as Ray itself does
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except ImportError:  # a Ray without token authentication
+        pass
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in one line, in seconds, when nothing listens at the cluster's address (Ray retries for a minute)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379 or ray://head:10001)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise CnnlabError(
+            f"no Ray cluster answers at {address} ({error.strerror or error}); start one on the head machine "
+            f"with `ray start --head --port {port}`, or check the address and the firewall"
+        ) from error
+
+
+def _start_ray(ray, address: str | None, local_cpus: int, threads: int) -> None:
+    """Start Ray here, or join the cluster at ``address``; a cluster that refuses this driver is one line."""
+    token = False
+    if address:
+        _check_reachable(address)
+        token = use_ray_token_if_available()
+    try:
+        ray.init(
+            address=address,
+            num_cpus=None if address else local_cpus,
+            include_dashboard=False,
+            log_to_driver=False,  # trials print nothing useful; failures come back in the results
+            logging_level=logging.ERROR,
+            runtime_env={"env_vars": {THREADS_ENV: str(threads)}},
+        )
+    except (ConnectionError, ray.exceptions.AuthenticationError) as error:
+        if not address:
+            raise
+        sent = "the token it was given" if token else "no token (none found)"
+        raise CnnlabError(
+            f"the Ray cluster at {address} answers but did not accept this driver, which sent {sent} "
+            f"({str(error).strip().splitlines()[-1]}); if the cluster uses token authentication, put its token "
+            "(`ray get-auth-token` on the head) in $RAY_AUTH_TOKEN or pass --ray-token-file FILE; also check that "
+            "this machine runs the same Ray version as the cluster"
+        ) from error
+
+
 def _run_ray(
     study: optuna.Study,
     storage: optuna.storages.BaseStorage,
@@ -591,14 +711,7 @@ def _run_ray(
     started_here = not ray.is_initialized()
     if started_here:
         local_slots = settings.max_concurrent or max(1, free_cores() // threads)
-        ray.init(
-            address=settings.address,
-            num_cpus=None if settings.address else local_slots * threads,
-            include_dashboard=False,
-            log_to_driver=False,  # trials print nothing useful; failures come back in the results
-            logging_level=logging.ERROR,
-            runtime_env={"env_vars": {THREADS_ENV: str(threads)}},
-        )
+        _start_ray(ray, settings.address, local_slots * threads, threads)
     try:
         concurrency = settings.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         metric, mode = ("val_accuracy", "max") if not settings.multi_objective else (
@@ -855,17 +968,28 @@ def tune(
     out: str | os.PathLike,
     settings: TuneSettings | None = None,
     log: Callable[[str], None] | None = None,
+    fresh: bool = False,
 ) -> TuneResult:
     """Search ``space`` until the study holds ``settings.trials`` finished trials, then evaluate the best
     configuration once on the test set and write trials.csv, best.toml, summary.json and plots to ``out``.
 
     The study lives in ``settings.storage`` (default ``out/study.db``): running again with the same
-    study name continues it.
+    study name continues it; ``fresh`` sets an SQLite study aside (renamed, not deleted) and starts anew.
+    The output folder is locked while the search runs: a second search into it stops at once.
     """
     settings = settings or TuneSettings()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, what="tuning study folder"):
+        return _tune_locked(space, data, Path(out), settings, log, fresh)
+
+
+def _tune_locked(
+    space: SearchSpace, data: LabData, out: Path, settings: TuneSettings, log: Callable[[str], None] | None, fresh: bool
+) -> TuneResult:
     url = storage_url(settings.storage, out)
+    kept = set_aside_study(url) if fresh else None
+    if kept and log:
+        log(f"Earlier study set aside as {kept}")
+    check_sqlite_study(url)
     described = {"n_train": len(data.x_train), "n_val": len(data.x_val), "data": str(data.source.get("source"))}
     storage = open_storage(url, heartbeat=settings.engine == "optuna")
     study = open_study(settings, storage, described)

@@ -4,7 +4,17 @@ survives a crash and continues, the accuracy+energy Pareto front, plots, and a 2
 from __future__ import annotations
 
 import csv
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import tomllib
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +28,7 @@ from cnnlab.data import LabData
 from cnnlab.device import configure_threads
 from cnnlab.errors import ConfigError
 from cnnlab.tuning import (
+    DEFAULT_SPACE,
     TuneSettings,
     augment_spec,
     format_table,
@@ -68,6 +79,11 @@ def test_example_space_loads_with_conditional_settings():
     assert {"learning_rate", "dropout_rate", "n_nodes", "augment_strength"} <= set(space.distributions)
     assert space.distributions["learning_rate"].log
     assert space.distributions["n_nodes"].step == 32
+
+
+def test_the_default_space_is_the_example_file():
+    assert load_space() == load_space(EXAMPLE_SPACE) == parse_space(DEFAULT_SPACE)
+    assert build_parser().parse_args(["tune"]).space is None  # --space may be left out
 
 
 def test_suggest_leaves_out_settings_that_would_have_no_effect():
@@ -290,3 +306,102 @@ def test_ray_tune_runs_two_trials_into_the_study(tmp_path, tiny_data):
         assert trial.user_attrs["energy_kwh"] > 0
     assert result.best["config"]["n_filters"] == 4 and 0 <= result.best["test_accuracy"] <= 1
     assert (tmp_path / "ray").is_dir()
+
+
+# ----------------------------------------------------------------------------------- a real Ray cluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ray_env(home: Path, **extra: str) -> dict[str, str]:
+    """Ray's files under a private HOME; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every Ray socket on
+    127.0.0.1 (else Ray swaps a loopback address for the machine's own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, "HOME": str(home), "PYTHONPATH": str(REPO), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
+
+
+@contextmanager
+def _ray_head(home: Path, port: int, **env: str):
+    """`ray start --head` on 127.0.0.1 (2 CPUs, an 80 MB object store), in its own process group,
+    which is ended on exit: only this test's Ray processes are stopped."""
+    ray = Path(sys.executable).with_name("ray")
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
+    log = temp / "head.log"
+    command = [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+               "--num-cpus", "2", "--object-store-memory", "80000000", "--include-dashboard", "false",
+               "--disable-usage-stats", "--temp-dir", str(temp)]  # fmt: skip
+    with open(log, "w") as output:
+        head = subprocess.Popen(command, env=_ray_env(home, **env), stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log.read_text() and time.monotonic() < deadline:
+            assert head.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert "Ray runtime started" in log.read_text(), log.read_text()[-2000:]
+        yield log.read_text()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=10)
+        time.sleep(1)  # gcs_server and raylet stop a moment after `ray start`
+        with suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _tune_on(address: str, home: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    from tiny_cifar import write_tiny_cifar
+
+    tmp_path.mkdir(exist_ok=True)
+    archive = write_tiny_cifar(tmp_path / "tiny.tar.gz", images_per_batch=12)
+    space = tmp_path / "space.toml"
+    space.write_text(
+        "n_conv_layers = { low = 1, high = 2 }\nn_filters = 4\nlearning_rate = { low = 1e-3, high = 0.03 }\n"
+    )
+    command = [sys.executable, "-m", "cnnlab.cli", "--threads", "1", "tune", "--engine", "ray", "--address", address,
+               "--space", str(space), "--trials", "2", "--epochs", "1", "--subset", "48", "--test-size", "12",
+               "--data", str(archive), "--out", str(tmp_path / "out")]  # fmt: skip
+    return subprocess.run(command, env=_ray_env(home, CNNLAB_CACHE=str(tmp_path / "cache"), **env),
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auth", ["token", "disabled"])
+def test_tune_joins_a_ray_cluster_started_with_ray_start(tmp_path, auth):
+    """The issue's case: `ray start --head` turns token authentication on once a token exists (as after
+    any local ray.init), and `cnnlab tune --address` must bring the token; off must work too."""
+    pytest.importorskip("ray.tune", reason="Ray Tune is the optional extra cnnlab[ray]")
+    home, port = tmp_path / "home", _free_port()
+    (home / ".ray").mkdir(parents=True)
+    if auth == "token":
+        (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))  # where `ray start` keeps its token
+    with _ray_head(home, port, **({"RAY_AUTH_MODE": "disabled"} if auth == "disabled" else {})) as head_log:
+        assert ("Token authentication is enabled" in head_log) == (auth == "token")
+        if auth == "token":
+            refused = _tune_on(
+                f"127.0.0.1:{port}", home, tmp_path / "wrong", RAY_AUTH_TOKEN="0" * 64, RAY_NUM_REDIS_GET_RETRIES="3"
+            )  # Ray retries 20 s
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            error = refused.stderr.strip().splitlines()[-1]
+            assert error.startswith("cnnlab tune: error: the Ray cluster at 127.0.0.1:") and "$RAY_AUTH_TOKEN" in error
+        done = _tune_on(f"127.0.0.1:{port}", home, tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert len(_finished(tmp_path / "out")) == 2
+    assert "Best: trial" in done.stdout
+
+
+def test_an_unreachable_ray_cluster_is_one_line(tmp_path, capsys, tiny_data, monkeypatch):
+    pytest.importorskip("ray.tune", reason="Ray Tune is the optional extra cnnlab[ray]")
+    monkeypatch.setattr("cnnlab.data.load_lab_data", lambda *args, **kwargs: tiny_data)
+    port = _free_port()  # nothing listens there
+    assert main(["tune", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"cnnlab tune: error: no Ray cluster answers at 127.0.0.1:{port}") and "\n" not in error
+    assert "ray start --head" in error

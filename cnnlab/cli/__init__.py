@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 import sys
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, user_os_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
-    except (CnnlabError, ValueError, FileNotFoundError) as error:
+    except CnnlabError as error:
         # Errors cnnlab raises carry the problem and the fix in their message; a traceback adds nothing.
-        print(f"cnnlab {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(error))
+    except OSError as error:
+        # A full disk, a read-only folder, a file where a folder should be: the user's to fix, so one line.
+        # Any other OSError (and every ValueError that is not a CnnlabError) is a bug: it keeps its traceback.
+        message = user_os_error(error)
+        if message is None:
+            raise
+        return _fail(args.command, message)
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"cnnlab {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

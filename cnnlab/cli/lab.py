@@ -29,11 +29,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
     from cnnlab.errors import ConfigError
-    from cnnlab.lab import LabContext, discover_parts, run_parts
-    from cnnlab.report import ReportInfo, write_report
+    from cnnlab.lab import discover_parts
+    from cnnlab.locks import folder_lock
 
     for option, path in (("--data", args.data), ("--photos", args.photos), ("--weights", args.weights)):
         if path is not None and not path.exists():
@@ -44,7 +42,19 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"unknown parts {unknown}; choose from {[key for key, _ in parts]}")
         parts = [(key, part) for key, part in parts if key in args.only]
-    if args.fresh and args.out.exists():
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the report (new or existing)")
+    with folder_lock(args.out, what="lab output folder"):
+        return _run_lab(args, parts)
+
+
+def _run_lab(args: argparse.Namespace, parts: list) -> int:
+    import shutil
+
+    from cnnlab.lab import LabContext, run_parts
+    from cnnlab.report import ReportInfo, write_report
+
+    if args.fresh:
         shutil.rmtree(args.out / "parts", ignore_errors=True)
         shutil.rmtree(args.out / "runs", ignore_errors=True)
     ctx = LabContext(

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import shutil
 import time
 import tomllib
 from pathlib import Path
 
 from cnnlab.cli.carbon_sweep import add_carbon_options, carbon_callbacks
 from cnnlab.errors import ConfigError
+from cnnlab.locks import LOCK_NAME, folder_lock
 
 DATA_KEYS = {"data": None, "n_train_val": 10_000, "n_test": 2_000, "val_fraction": 0.25, "split_seed": 0}
+# Files that make a folder a run: --overwrite removes the folder's content (a run may have written more).
+RUN_FILES = {"config.json", "history.csv", "metrics.json", "weights.safetensors"}
 FIT_KEYS = {"batch_size": 20, "epochs": 20, "seed": 0, "early_stopping": 0, "augment": None}
 
 
@@ -65,6 +69,11 @@ def register(subparsers) -> None:
     parser.add_argument("--config", type=Path, help="TOML file with settings (flags override it)")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the killed run in --out from its last epoch")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete what --out holds and train anew (without it, a run there is kept)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
     parser.add_argument(
@@ -106,14 +115,60 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: choose one")
+    settings = resolve_settings(args)
+    out = _run_folder(args)
+    with folder_lock(out, what="run folder"):
+        _guard_existing_run(out, args)
+        return _train(args, settings, out)
+
+
+def _run_folder(args: argparse.Namespace) -> Path:
+    """--out, or a new runs/<date-time> folder: created here, with a suffix if that second is taken."""
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the run (new or existing)")
+        if args.resume and not args.out.is_dir():
+            raise ConfigError(f"--resume: {args.out} does not exist; give the run folder of the killed run with --out")
+        return args.out
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    Path("runs").mkdir(exist_ok=True)
+    for attempt in range(1, 1000):
+        candidate = Path("runs") / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"runs/{stamp}-* are all taken; give a folder with --out")
+
+
+def _guard_existing_run(out: Path, args: argparse.Namespace) -> None:
+    """Never overwrite a run by accident: a run in ``out`` needs --resume (continue it) or --overwrite."""
+    found = sorted(path.name for path in out.iterdir() if path.name in RUN_FILES or path.name.startswith("checkpoint"))
+    if args.resume:
+        if not any(name.startswith("checkpoint") for name in found):
+            raise ConfigError(f"--resume: no checkpoint in {out}; give the run folder of the killed run with --out")
+    elif found and not args.overwrite:
+        state = "a finished run" if "metrics.json" in found and "weights.safetensors" in found else "a run"
+        raise ConfigError(
+            f"{out} holds {state} ({', '.join(found[:4])}); continue it with --resume, replace it with --overwrite, "
+            "or choose another --out"
+        )
+    elif found:
+        for path in out.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.name != LOCK_NAME:
+                path.unlink()
+
+
+def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     from cnnlab.data import load_lab_data
     from cnnlab.models import build_cnn
     from cnnlab.training import EarlyStopping
 
-    settings = resolve_settings(args)
-    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if args.resume and not (out / "checkpoint.pt").exists():
-        raise ConfigError(f"--resume: no checkpoint in {out}; give the run folder of the killed run with --out")
     carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
     recipe = _recipe(args, settings) if args.recipe else None
     data = load_lab_data(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 EPILOG = """\
-search space (TOML, flat keys; see examples/space.toml):
+search space (TOML, flat keys; without --space, the lab's: examples/space.toml):
   n_filters = 32                                    fixed for every trial
   n_conv_layers = { low = 1, high = 4 }             whole-number range
   learning_rate = { low = 1e-4, high = 1e-1, log = true }   log-scale range (low > 0)
@@ -22,8 +23,10 @@ engines:
   ray     Ray Tune with ASHA early stopping and Optuna's sampler, into the same study. Starting Ray
           costs about 5 s and 650 MB; trials run one per free core (cores minus the load average),
           each with $CNNLAB_THREADS threads (default 1), because torch crawls on busy cores. Give
-          --address to run the same search on an existing Ray cluster (cnnlab must be installed
-          on its nodes).
+          --address HEAD:PORT to run the same search on a cluster started with `ray start --head`
+          (cnnlab must be installed on its nodes). A cluster with token authentication (Ray's
+          default once a token exists) needs its token: $RAY_AUTH_TOKEN, --ray-token-file FILE,
+          or ~/.ray/auth_token (where `ray start` keeps it) are used when present.
 
 outputs in --out: study.db, trials.csv, best.toml (for cnnlab train --config), summary.json,
 history.png, importances.png, and with --objective accuracy+energy pareto.csv and pareto.png.
@@ -39,7 +42,7 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--space", type=Path, required=True, help="search space TOML file")
+    parser.add_argument("--space", type=Path, help="search space TOML file (default: the lab's, examples/space.toml)")
     parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default: 20)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (default: 3)")
     parser.add_argument(
@@ -61,7 +64,11 @@ def register(subparsers) -> None:
     parser.add_argument("--study-name", default="cnnlab-tune", help="study to create or continue")
     parser.add_argument("--storage", help="SQLAlchemy URL or SQLite file path (default: OUT/study.db)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the sampler")
-    parser.add_argument("--address", help="Ray cluster to join, e.g. ray://head:10001 (with --engine ray)")
+    parser.add_argument("--address", help="Ray cluster to join (--engine ray): HEAD:PORT of `ray start --head`")
+    parser.add_argument(
+        "--ray-token-file", type=Path, help="file holding the Ray cluster's token (default: Ray's, ~/.ray/auth_token)"
+    )
+    parser.add_argument("--fresh", action="store_true", help="set the SQLite study aside (renamed) and start anew")
     parser.add_argument("--max-concurrent", type=int, help="Ray trials at once (default: free cores / threads)")
     parser.add_argument("--device", default="auto", help="Optuna engine's device: auto, cpu, cuda or mps")
     parser.add_argument("--country", default="SWE", help="3-letter ISO code of the grid, for CO2eq (default: SWE)")
@@ -70,6 +77,20 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.errors import ConfigError
+    from cnnlab.locks import folder_lock
+
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the study (new or existing)")
+    if args.ray_token_file is not None:
+        if not args.ray_token_file.is_file():
+            raise ConfigError(f"--ray-token-file {args.ray_token_file} does not exist; on the head: ray get-auth-token")
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(args.ray_token_file.resolve())  # where Ray reads a token from
+    with folder_lock(args.out, what="tuning study folder"):  # before the data: a second search stops at once
+        return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
     from cnnlab.carbon import CarbonSettings
     from cnnlab.data import load_lab_data
     from cnnlab.tuning import TuneSettings, format_table, load_space, tune
@@ -91,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     )
     data = load_lab_data(args.data, n_train_val=args.subset, n_test=args.test_size, seed=args.seed)
     print(f"Data: {data.summary()}")
-    result = tune(space, data, args.out, settings, log=print)
+    result = tune(space, data, args.out, settings, log=print, fresh=args.fresh)
     print(format_table(result.rows))
     if result.pareto:
         print("\nPareto front (no other trial is both more accurate and more frugal):")

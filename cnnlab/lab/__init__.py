@@ -14,6 +14,7 @@ it until this machine has stored how long the part really took.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from rich.text import Text
 
 from cnnlab.errors import DataError
 from cnnlab.files import cache_dir, write_json
+from cnnlab.locks import folder_lock
 
 MODES = ("full", "quick", "tiny")
 PHOTOS_ENV = "CNNLAB_PHOTOS"
@@ -164,10 +166,10 @@ class LabContext:
     def earlier_facts(self, key: str) -> dict | None:
         """The facts an earlier part stored in this output folder (None if it has not run with this size)."""
         try:
-            saved = json.loads((self.out / "parts" / f"{key}.json").read_text())
-        except (OSError, ValueError):
+            saved = read_stored_part(self.out / "parts" / f"{key}.json")
+        except (OSError, CorruptPart):
             return None
-        return saved["section"]["facts"] if saved.get("mode") == self.mode else None
+        return saved["section"]["facts"] if saved and saved.get("mode") == self.mode else None
 
     def photos_dir(self) -> Path:
         """The folder of the user's photos for ResNet50 (--photos or $CNNLAB_PHOTOS)."""
@@ -205,6 +207,39 @@ def read_history(run: Path) -> dict[str, list[float]]:
     with open(run / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {name: [float(row[name]) for row in rows] for name in (rows[0] if rows else {}) if name != "epoch"}
+
+
+class CorruptPart(Exception):
+    """A stored part that cannot be trusted (truncated, edited or damaged): the part runs again."""
+
+
+def _checksum(section: dict) -> str:
+    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()
+
+
+def store_part(path: Path, mode: str, section: Section) -> None:
+    """Write a finished part with a checksum of its content, so a damaged file is caught when read."""
+    content = json.loads(json.dumps(asdict(section), default=str))  # as it will read back
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"mode": mode, "section": content, "sha256": _checksum(content)})
+
+
+def read_stored_part(path: Path) -> dict | None:
+    """A stored part's record ({"mode", "section", ...}), verified; None if the part has not been stored.
+
+    Raises CorruptPart when the file does not parse, does not hold a section, or its checksum disagrees.
+    """
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        section = saved["section"]
+        Section.from_json(section)
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CorruptPart(f"{type(error).__name__}: {error}") from error
+    if "sha256" in saved and saved["sha256"] != _checksum(section):  # files of older versions have none
+        raise CorruptPart("its checksum does not match its content")
+    return saved
 
 
 Part = Callable[[LabContext], Section]
@@ -370,17 +405,24 @@ def run_parts(ctx: LabContext, parts: list[tuple[str, Part]], live: bool | None 
     if live is None:
         live = sys.stderr.isatty()
     time_left = TimeLeft(load_estimates(parts, ctx.mode))
-    with LabProgress([key for key, _ in parts], time_left, live=live) as progress:
+    with (
+        folder_lock(ctx.out, what="lab output folder"),
+        LabProgress([key for key, _ in parts], time_left, live=live) as progress,
+    ):
         return [_run_one(ctx, index, key, part, progress) for index, (key, part) in enumerate(parts, 1)]
 
 
 def _run_one(ctx: LabContext, index: int, key: str, part: Part, progress: LabProgress) -> Section:
     stored = ctx.out / "parts" / f"{key}.json"
-    if stored.exists():
-        saved = json.loads(stored.read_text())
-        if saved.get("mode") == ctx.mode:
-            progress.finish(index, key, None, "done in an earlier run, reused")
-            return Section.from_json(saved["section"])
+    try:
+        saved = read_stored_part(stored)
+    except CorruptPart as error:
+        progress.log(f"[{index}/{progress.total}] {key}: warning: the stored result {stored} is damaged ({error}); "
+                     "running the part again")  # fmt: skip
+        saved = None
+    if saved and saved.get("mode") == ctx.mode:
+        progress.finish(index, key, None, "done in an earlier run, reused")
+        return Section.from_json(saved["section"])
     progress.start(index, key)
     started = time.perf_counter()
     try:
@@ -393,8 +435,7 @@ def _run_one(ctx: LabContext, index: int, key: str, part: Part, progress: LabPro
     if section.missing:  # not stored: once the input is provided, the next run completes the part
         progress.finish(index, key, section.seconds, f"done without some input: {section.missing}")
         return section
-    stored.parent.mkdir(parents=True, exist_ok=True)
-    write_json(stored, {"mode": ctx.mode, "section": asdict(section)})
+    store_part(stored, ctx.mode, section)
     _store_duration(ctx.mode, key, section.seconds)
     progress.finish(index, key, section.seconds, f"finished in {format_duration(section.seconds)}")
     return section
