@@ -197,7 +197,12 @@ def test_augment_array_and_preview_figure(tmp_path):
     np.testing.assert_allclose(augment_array(Augmentation(), images), images)
     path = tmp_path / "preview.png"
     figure = augmentation_preview(
-        images, Augmentation(rotation_range=20, seed=1), labels=[0, 1, 2], variants=4, path=path, class_names=CLASS_NAMES
+        images,
+        Augmentation(rotation_range=20, seed=1),
+        labels=[0, 1, 2],
+        variants=4,
+        path=path,
+        class_names=CLASS_NAMES,
     )
     assert path.stat().st_size > 5_000
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
