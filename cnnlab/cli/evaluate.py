@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cnnlab.cli._data import DATA_HELP
+
 GALLERY_SIZE = 18
 
 
@@ -18,7 +20,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("model", type=Path, metavar="MODEL", help="run folder or model file (.safetensors)")
     parser.add_argument(
-        "--data", metavar="SPEC", help="the test data: a CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10)"
+        "--data",
+        metavar="SPEC",
+        help=f"{DATA_HELP}; its test split is used (all of it when it has none), decoded at the model's input size",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("runs/evaluate"), help="folder for the figures (default: %(default)s)"
