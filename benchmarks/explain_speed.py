@@ -24,8 +24,7 @@ import torch
 
 from cnnlab import explain
 from cnnlab.device import configure_threads
-from cnnlab.models import build_cnn
-from cnnlab.recipes import LAB_MODEL_B
+from cnnlab.models import LAB_MODELS, create_model
 
 
 def seconds_per_call(action: Callable[[], object], repeats: int, least: float = 0.25) -> tuple[float, float]:
@@ -74,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     rng = np.random.default_rng(0)
-    lab_model = build_cnn(**LAB_MODEL_B, device="cpu")
+    lab_model = create_model(LAB_MODELS["B"], device="cpu")
     rows = timed_rows(
         "lab CNN (model B), 16 images", lab_model, rng.integers(0, 256, (16, 32, 32, 3), np.uint8), args.repeats
     )

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from cnnlab.data import load_cifar10, scale_images
 from cnnlab.device import configure_threads
 from cnnlab.export import INPUT_NAME, export_onnx
-from cnnlab.models import build_cnn
+from cnnlab.models import LAB_MODELS, create_model
 from cnnlab.predict import predict_images
-from cnnlab.recipes import LAB_MODEL_B, build_recipe_model
+from cnnlab.recipes import build_recipe_model
 
 
 def seconds(action: Callable[[], object], repeats: int = 1) -> float:
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     (x_train, _), (x_test, _) = load_cifar10(args.data, allow_download=False)
-    model_b = build_cnn(**LAB_MODEL_B, device="cpu")
+    model_b = create_model(LAB_MODELS["B"], device="cpu")
     recipe = build_recipe_model("fast", scale_images(x_train[:2000]), device="cpu")
 
     with tempfile.TemporaryDirectory() as temp:
