@@ -249,7 +249,7 @@ def _report(out: Path, data, history, test_loss: float, test_accuracy: float, pr
     table = _write_per_class(out / "per_class_accuracy.csv", per_class, matrix.sum(1))
     if data.num_classes <= MAX_CLASSES_PRINTED:
         print("Test accuracy per class:\n" + table)
-    print(f"Test loss: {test_loss:.4f}  Test accuracy: {test_accuracy:.4f}{_accuracy_note(data.source)}")
+    print(f"Test loss: {test_loss:.4f}  Test accuracy: {test_accuracy:.4f}{accuracy_note(data.source)}")
     print(f"Run folder: {out}")
     print(f"Figures: {out / 'results.png'}, {out / 'samples.png'}, {out / 'confusion_matrix.png'}")
     print(f"Per-class accuracy: {out / 'per_class_accuracy.csv'}")
@@ -281,7 +281,7 @@ def _write_per_class(path: Path, per_class: dict[str, float], counts) -> str:
     )
 
 
-def _accuracy_note(source: dict) -> str:
+def accuracy_note(source: dict) -> str:
     """The caveat an accuracy needs when it was measured on a CIFAR copy that is not the official archive."""
     if source.get("kind") in ("cifar10", "cifar100") and not source.get("official"):
         return " (data is not the official archive: accuracy may differ)"
