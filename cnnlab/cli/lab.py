@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.lab import discover_parts
     from cnnlab.locks import folder_lock
 
-    for option, path in (("--photos", args.photos), ("--weights", args.weights)):
+    data_path = None if args.data in (None, "cifar10", "cifar100") else Path(args.data)  # else a data set's name
+    for option, path in (("--data", data_path), ("--photos", args.photos), ("--weights", args.weights)):
         if path is not None and not path.exists():
             raise ConfigError(f"{option} {path} does not exist; give an existing path or leave {option} out")
     parts = discover_parts()

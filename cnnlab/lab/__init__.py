@@ -130,8 +130,8 @@ class LabContext:
             try:
                 self.cache["data"] = load_lab_data(self.data_source, dtype="uint8", **sizes, **self.data_options)
             except DataError as error:
-                what = "CIFAR-10" if self.data_source is None else f"the data {self.data_source}"
-                raise PartSkipped(f"{what} could not be loaded", str(error)) from None  # the error names the fix
+                what = "CIFAR-10" if self.data_source is None else "the data"
+                raise PartSkipped(f"{what} could not be loaded", str(error)) from None  # the error names path and fix
         return self.cache["data"]
 
     def is_cifar10(self) -> bool:
