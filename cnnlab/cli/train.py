@@ -192,6 +192,8 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     data = _load_data(args, settings)
     print(f"Data: {data.summary()}")
     print(f"Classes: {', '.join(data.class_names)}")
+    if data.source.get("note"):
+        print(f"Note: {data.source['note']}")
     if recipe:
         return _run_recipe(args, recipe, settings, data, out, carbon)
     build_args = {k: settings[k] for k in build_keys()}
