@@ -552,7 +552,8 @@ def carbon_sweep(
     Each batch size trains once, for the largest epoch count: a run of 10 epochs passes through
     exactly the state of a 5-epoch run (same seed, same steps), so the 5-epoch row takes the energy
     of the first 5 epochs and the test accuracy after epoch 5. Test evaluation is not tracked.
-    ``data`` is a LabData (x/y train, val, test). With ``out_dir`` each batch size gets a run folder,
+    ``data`` is a LabData (x/y train, val, test; uint8 or floats): the model takes its classes and image
+    size. With ``out_dir`` each batch size gets a run folder,
     and a rerun reuses the batch sizes that finished there.
     """
     settings = settings or CarbonSettings()
@@ -561,7 +562,8 @@ def carbon_sweep(
             f"need positive batch sizes and epoch counts, got {list(batch_sizes)} and {list(epochs_list)}"
         )
     epochs_list = sorted(set(epochs_list))
-    setting = {"epochs": epochs_list, "seed": seed, "samples": len(data.x_train)}
+    # What a stored row must match to be reused: the same data (classes, sizes) and the same schedule.
+    setting = {"epochs": epochs_list, "seed": seed, "samples": len(data.x_train), "classes": list(data.class_names)}
     rows = []
     with tqdm(total=len(batch_sizes) * epochs_list[-1], desc="carbon sweep", unit="epoch",
               disable=None if progress else True) as bar:  # fmt: skip
@@ -583,7 +585,10 @@ def _sweep_one(data, batch_size, setting, settings, device, run_dir, bar) -> lis
     """Train one batch size for the largest epoch count; with a run folder, store its rows there so
     that a rerun of a killed sweep skips the batch sizes that finished."""
     epochs_list, seed = setting["epochs"], setting["seed"]
-    model = create_model(SWEEP_MODEL.replace(input_shape=data.x_train.shape[1:], seed=seed), device)
+    config = SWEEP_MODEL.replace(
+        input_shape=data.input_shape, class_names=tuple(data.class_names), num_classes=None, seed=seed
+    )
+    model = create_model(config, device)
     tracker = CarbonCallback(settings, verbose=False)
     tests = _TestAccuracyAt(set(epochs_list), data.x_test, data.y_test, bar)
     model.fit(

@@ -116,17 +116,21 @@ def per_class_accuracy(y_true, y_pred, class_names: Sequence[str] | None = None)
 
 
 def resize_images(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """NHWC float images resized bilinearly to size (or (height, width)), antialiased when shrinking."""
-    images = np.asarray(images, dtype=np.float32)
+    """NHWC images resized bilinearly to size (or (height, width)), antialiased when shrinking. uint8 images
+    stay uint8 (rounded), so the model scales them as it scales every uint8 batch; floats come back float32."""
+    images = np.asarray(images)
     if images.ndim != 4:
         raise DataError(f"images must be (N, height, width, channels), got shape {images.shape}")
     height, width = (size, size) if isinstance(size, int) else size
     if height < 1 or width < 1:
         raise ConfigError(f"image size must be positive, got {size}")
-    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
     shrinking = height < images.shape[1] or width < images.shape[2]
     resized = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
-    return resized.permute(0, 2, 3, 1).contiguous().numpy()
+    resized = resized.permute(0, 2, 3, 1).contiguous()
+    if images.dtype == np.uint8:  # bilinear overshoots a little at edges when antialiasing: clamp, then round
+        return resized.clamp_(0, 255).round_().to(torch.uint8).numpy()
+    return resized.numpy()
 
 
 def evaluate_sizes(model: Model, x, y, sizes: Sequence[int] = LAB_SIZES, batch_size: int = 512) -> dict[int, float]:

@@ -143,10 +143,13 @@ def augmentation_preview(
     path: str | os.PathLike | None = None,
     class_names: Sequence[str] | None = None,
 ) -> Figure:
-    """One row per image: the original, then ``variants`` augmented versions of it (each drawn anew)."""
+    """One row per image: the original, then ``variants`` augmented versions of it (each drawn anew).
+    ``images`` are uint8 or floats in [-1, 1]; the augmentation works on the lab's [-1, 1] scale."""
     from cnnlab.augment import augment_array  # here, so the other figures need no torch
+    from cnnlab.data import scale_images
 
-    originals = np.asarray(images, dtype=np.float32)[:count]
+    originals = np.asarray(images)[:count]
+    originals = scale_images(originals) if originals.dtype == np.uint8 else originals.astype(np.float32)
     augmented = augment_array(augment, np.repeat(originals, variants, axis=0))
     rows = np.concatenate([originals[:, None], augmented.reshape(len(originals), variants, *originals.shape[1:])], 1)
     titles = []

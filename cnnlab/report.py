@@ -70,6 +70,11 @@ def dataset_sentence(source: dict | None) -> str:
     """Where the images came from, and a warning when the archive is not the official one."""
     if not source:
         return "CIFAR-10 was not loaded in this run."
+    if source.get("kind", "cifar10") != "cifar10":  # the user's own data set: the lab's parts run on it
+        return (
+            f"Data: {source.get('kind')} `{source.get('path') or source.get('source')}`, not CIFAR-10: parts and "
+            "questions written for CIFAR-10 say where they do not apply."
+        )
     if source.get("official"):
         return f"CIFAR-10 from `{source.get('source')}`, the official archive (md5 verified)."
     name = str(source.get("source"))

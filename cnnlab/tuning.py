@@ -347,7 +347,8 @@ def build_and_fit(
 ) -> Model:
     """Build one configuration and train it on data.x_train, validating on data.x_val after each epoch."""
     model = build_cnn(
-        input_shape=data.x_train.shape[1:],
+        input_shape=data.input_shape,
+        class_names=data.class_names,
         seed=seed,
         device=device,
         **{key: value for key, value in config.items() if key in BUILD_DEFAULTS},
@@ -1026,7 +1027,7 @@ def _tune_locked(
     comment = (
         f"Best of study {study.study_name!r}: trial {trial.number}, val_accuracy {trial.values[0]:.4f}, "
         f"test_accuracy {best['test_accuracy']:.4f}\n({len(data.x_train)} training images, {settings.epochs} epochs). "
-        "Train it: cnnlab train --config best.toml"
+        f"Train it: cnnlab train --config best.toml{_data_flag(data)}"
     )
     files["best"] = write_toml(config, out / "best.toml", comment)
     pareto = pareto_rows(study, settings.epochs) if settings.multi_objective else []
@@ -1038,6 +1039,13 @@ def _tune_locked(
     result = TuneResult(rows, best, pareto, before, count, files, notes)
     write_json(out / "summary.json", {"settings": asdict(settings), "data": data.source, **asdict(result)})
     return result
+
+
+def _data_flag(data: LabData) -> str:
+    """The --data a rerun needs to train on the same data set ('' for CIFAR-10, the default)."""
+    if data.source.get("kind", "cifar10") == "cifar10":
+        return ""
+    return f" --data {data.source.get('path') or data.source.get('source')}"
 
 
 def _test_once(study: optuna.Study, trial: FrozenTrial, data: LabData, settings: TuneSettings) -> dict[str, float]:

@@ -210,6 +210,16 @@ def test_augment_array_and_preview_figure(tmp_path):
     assert len(titles) == 15
 
 
+def test_augmentation_preview_scales_uint8_images_as_the_trainer_does():
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    shown = {}
+    for kind, images in (("uint8", pixels), ("scaled", pixels / 127.5 - 1)):
+        figure = augmentation_preview(images, Augmentation(horizontal_flip=True, seed=0), count=2, variants=1)
+        shown[kind] = [np.asarray(ax.images[0].get_array()) for ax in figure.axes if ax.images]
+    for uint8_image, scaled_image in zip(shown["uint8"], shown["scaled"], strict=True):
+        np.testing.assert_allclose(uint8_image, scaled_image, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

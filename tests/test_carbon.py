@@ -8,7 +8,6 @@ import json
 import math
 import socket
 from dataclasses import asdict
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -31,6 +30,7 @@ from cnnlab.carbon import (
     write_sweep_csv,
 )
 from cnnlab.cli import main
+from cnnlab.data import LabData
 from cnnlab.device import configure_threads
 from cnnlab.errors import ConfigError
 from cnnlab.models import build_cnn
@@ -221,9 +221,7 @@ def test_a_resumed_run_predicts_the_remaining_epochs(tmp_path):
 
 def test_carbon_sweep_rows_table_csv_and_plot(tmp_path, monkeypatch):
     x, y = _images(160)
-    data = SimpleNamespace(
-        x_train=x[:96], y_train=y[:96], x_val=x[96:128], y_val=y[96:128], x_test=x[128:], y_test=y[128:]
-    )
+    data = LabData(x[:96], y[:96], x[96:128], y[96:128], x[128:], y[128:], source={})
     settings = CarbonSettings(cpu_power=10.0, carbon_intensity=50.0)
     rows = carbon_sweep(data, (16, 48), (2, 1), settings, device="cpu", out_dir=tmp_path, progress=False)
     assert [(r.batch_size, r.epochs) for r in rows] == [(16, 1), (16, 2), (48, 1), (48, 2)]

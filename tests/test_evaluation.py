@@ -165,6 +165,16 @@ def test_resize_images():
         resize_images(images, 0)
 
 
+def test_resize_images_keeps_uint8_images_uint8_and_rounds():
+    """A model scales uint8 batches itself: resized uint8 images must stay uint8, not become floats in 0..255."""
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    for size in (16, 48):
+        resized = resize_images(pixels, size)
+        as_floats = resize_images(pixels.astype(np.float32), size)
+        assert resized.dtype == np.uint8 and resized.shape == (2, size, size, 3)
+        np.testing.assert_array_equal(resized, np.clip(np.rint(as_floats), 0, 255))
+
+
 @pytest.mark.parametrize("head", ["gap", "fcn"])
 def test_model_trained_on_32_predicts_other_sizes(head):
     x, y = _quadrant_data(200, size=32)

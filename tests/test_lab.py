@@ -116,8 +116,8 @@ def test_parts_needing_cifar10_are_skipped_when_it_cannot_be_loaded(tmp_path):
     not_cifar.write_text("no images here")
     ctx = tiny_context(tmp_path / "out", data_source=not_cifar)
     (section,) = run_parts(ctx, [("generalization", p5_generalization.run)], live=False)
-    assert section.skipped.startswith("CIFAR-10 could not be loaded; ")
-    assert "neither a folder nor a tar archive" in section.skipped and "--data PATH" in section.skipped
+    assert section.skipped.startswith("the data could not be loaded; ")
+    assert "not an image folder, .npz or CIFAR archive" in section.skipped and "--data takes" in section.skipped
 
 
 def test_progress_lines_name_the_part_and_the_time_left(tmp_path, capsys):
@@ -223,7 +223,7 @@ def test_part1_without_cifar10_still_answers_and_comes_back_for_the_filters(tmp_
     monkeypatch.setattr(p1_convolution, "load_ascent", lambda: np.random.default_rng(0).uniform(0, 255, (40, 40)))
     ctx = tiny_context(tmp_path, data_source=tmp_path / "no-cifar.tar.xz")
     (section,) = run_parts(ctx, [("convolution", p1_convolution.run)], live=False)
-    assert section.missing.startswith("learned filters: CIFAR-10 could not be loaded")
+    assert section.missing.startswith("learned filters: the data could not be loaded")
     assert len(section.answers) == 6 and not (tmp_path / "parts" / "convolution.json").exists()
 
 

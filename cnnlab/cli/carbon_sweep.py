@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from cnnlab.carbon import BACKENDS, DEFAULT_COUNTRY, SWEEP_MODEL, CarbonCallback, CarbonSettings
+from cnnlab.cli._data import add_data_options
 
 QUICK = {"n_train_val": 2_000, "n_test": 1_000, "epochs": [1, 2]}
 
@@ -77,7 +78,6 @@ def register(subparsers) -> None:
         "count; print a table of time, energy, CO2eq and test accuracy, and save it as CSV and as a plot. "
         "Each batch size trains once for the largest epoch count; smaller counts are read off the same run.",
     )
-    parser.add_argument("--data", type=Path, help="CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10, the cache)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -96,25 +96,28 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and dropout (default: 0)")
     parser.add_argument("--device", default="auto", help="auto (the default), cpu, cuda, cuda:1 or mps")
     add_carbon_options(parser)
+    add_data_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.carbon import carbon_sweep, format_sweep_table, plot_carbon_sweep, write_sweep_csv
-    from cnnlab.data import load_lab_data
+    from cnnlab.cli._data import lab_data_from_args
+    from cnnlab.cli.train import accuracy_note
 
     settings = carbon_settings(args)
     sizes = {"n_train_val": QUICK["n_train_val"], "n_test": QUICK["n_test"]} if args.quick else {}
     epochs = args.epochs or (QUICK["epochs"] if args.quick else [5, 10])
-    data = load_lab_data(args.data, **sizes)
+    data = lab_data_from_args(args, **sizes, dtype="uint8")
     print(f"Data: {data.summary()}")
+    print(f"Classes: {', '.join(data.class_names)}")
     rows = carbon_sweep(data, args.batch_sizes, epochs, settings, seed=args.seed, device=args.device, out_dir=args.out)
     print(format_sweep_table(rows))
     intensity, source = settings.intensity()
     print(f"Grid: {settings.country_name} ({settings.country}), {intensity:.4g} g CO2eq/kWh ({source}); "
           f"backend {settings.backend}; details per run in {args.out}/batch-N/carbon.json")  # fmt: skip
-    if not data.source.get("official"):
-        print("Test accuracy is on the data given, which is not the official CIFAR-10 archive.")
+    if accuracy_note(data.source):
+        print(f"Test accuracy{accuracy_note(data.source)}.")
     table = write_sweep_csv(rows, args.out / "carbon_sweep.csv")
     figure = args.out / "carbon_sweep.png"
     plot_carbon_sweep(rows, figure)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import shutil
 import time
 import tomllib
 from pathlib import Path
 
+from cnnlab.cli._data import add_data_options, lab_data_from_args
 from cnnlab.cli.carbon_sweep import add_carbon_options, carbon_callbacks
 from cnnlab.errors import ConfigError
 from cnnlab.locks import LOCK_NAME, folder_lock
@@ -45,9 +47,9 @@ HELP = {
     "epochs": "passes over the training images",
     "early_stopping": "stop after this many epochs without a better val_loss (0 = off); best weights kept",
     "augment": "on-the-fly augmentation spec, e.g. rotation=15,shift=0.1,flip",
-    "data": "CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10, else the cache, else download)",
-    "n_train_val": "first N training images, split into train and validation",
-    "n_test": "first N test images",
+    "n_train_val": "training images used (CIFAR-10: the first N; other sets: a stratified sample), split into "
+    "train and validation",
+    "n_test": "test images used (CIFAR-10: the first N; other sets: a stratified sample)",
     "val_fraction": "share of the N images held out for validation",
     "split_seed": "seed of the train/validation split",
 }
@@ -62,9 +64,12 @@ def register(subparsers) -> None:
         "train",
         help="train the lab's CNN and write a run folder",
         description="Train the lab's CNN on CIFAR-10 (7,500 train / 2,500 validation / 2,000 test images by "
-        "default). Settings come from --config FILE.toml (flat keys named like the flags, with underscores), "
-        "and flags override the file. The run folder gets config.json, history.csv, metrics.json, "
-        "weights.safetensors, a checkpoint per epoch and figures.",
+        "default) or on the data --data names (CIFAR-100, a folder of class subfolders, an .npz): the model "
+        "takes its classes and image size from the data. Settings come from --config FILE.toml (flat keys named "
+        "like the flags, with underscores), and flags override the file. The run folder gets config.json, "
+        "history.csv, metrics.json, weights.safetensors (a self-describing model: class names, input size, "
+        "preprocessing), a checkpoint per epoch, figures and the test set's per-class accuracy and confusion "
+        "matrix.",
     )
     parser.add_argument("--config", type=Path, help="TOML file with settings (flags override it)")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>)")
@@ -84,14 +89,15 @@ def register(subparsers) -> None:
         "a GPU); only --seed, --epochs, --batch-size and the data flags apply",
     )
     defaults = {**build_keys(), **FIT_KEYS, **DATA_KEYS}
+    add_data_options(parser)  # --data, --image-size, ...: shared with the other training commands
     for key, default in defaults.items():
+        if key == "data":
+            continue
         kwargs = {"default": None, "help": f"{HELP.get(key, key)} (default: {default})"}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif default is not None:
             kwargs["type"] = type(default)
-        elif key == "data":
-            kwargs["type"] = Path
         parser.add_argument(_flag(key), dest=key, **kwargs)
     add_carbon_options(parser, tracking_default=False)
     parser.set_defaults(func=run)
@@ -164,21 +170,34 @@ def _guard_existing_run(out: Path, args: argparse.Namespace) -> None:
                 path.unlink()
 
 
+def _load_data(args: argparse.Namespace, settings: dict):
+    """The lab split of the data the flags and the TOML file name, kept uint8 (the trainer scales each batch)."""
+    options = argparse.Namespace(**{**vars(args), "data": settings["data"], "split_seed": settings["split_seed"]})
+    return lab_data_from_args(
+        options,
+        n_train_val=settings["n_train_val"],
+        n_test=settings["n_test"],
+        val_fraction=settings["val_fraction"],
+        seed=settings["split_seed"],
+        dtype="uint8",
+    )
+
+
 def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
-    from cnnlab.data import load_lab_data
     from cnnlab.models import build_cnn
     from cnnlab.training import EarlyStopping
 
     carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
     recipe = _recipe(args, settings) if args.recipe else None
-    data = load_lab_data(
-        settings["data"], settings["n_train_val"], settings["n_test"], settings["val_fraction"], settings["split_seed"]
-    )
+    data = _load_data(args, settings)
     print(f"Data: {data.summary()}")
+    print(f"Classes: {', '.join(data.class_names)}")
+    if data.source.get("note"):
+        print(f"Note: {data.source['note']}")
     if recipe:
         return _run_recipe(args, recipe, settings, data, out, carbon)
     build_args = {k: settings[k] for k in build_keys()}
-    model = build_cnn(input_shape=data.x_train.shape[1:], device=args.device, **build_args)
+    model = build_cnn(input_shape=data.input_shape, class_names=data.class_names, device=args.device, **build_args)
     model.summary()
     augment = None
     if settings["augment"]:
@@ -200,30 +219,75 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
         augment=augment,
     )
     test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test)
-    return _report(out, data, history, test_loss, test_accuracy)
+    return _report(out, data, history, test_loss, test_accuracy, model.predict(data.x_test))
 
 
-def _report(out: Path, data, history, test_loss: float, test_accuracy: float, extra: dict | None = None) -> int:
-    """Add the test results to metrics.json, draw the figures and print where everything is."""
+def _report(out: Path, data, history, test_loss: float, test_accuracy: float, probabilities, extra=None) -> int:
+    """Add the test results to metrics.json, draw the figures (class names on titles and axes), write the
+    per-class accuracy table and print where everything is."""
+    from cnnlab.evaluation import confusion_matrix, per_class_accuracy
     from cnnlab.files import write_json
-    from cnnlab.plots import plot_results, sample_grid
+    from cnnlab.plots import confusion_matrix_figure, plot_results, sample_grid
 
+    per_class = per_class_accuracy(data.y_test, probabilities, data.class_names)
     metrics_path = out / "metrics.json"
     metrics = {
         **_read_json(metrics_path),
         **(extra or {}),
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
+        "class_names": list(data.class_names),
+        "input_shape": list(data.input_shape),
+        "per_class_accuracy": {name: None if math.isnan(v) else v for name, v in per_class.items()},
         "data_source": data.source,
     }
     write_json(metrics_path, metrics)
     plot_results(history, out / "results.png", title=f"test accuracy {test_accuracy:.4f}")
-    sample_grid(data.x_train, data.y_train, path=out / "samples.png")
-    lossy = "" if data.source.get("official") else " (data is not the official archive: accuracy may differ)"
-    print(f"Test loss: {test_loss:.4f}  Test accuracy: {test_accuracy:.4f}{lossy}")
+    sample_grid(data.x_train, data.y_train, path=out / "samples.png", class_names=data.class_names)
+    matrix = confusion_matrix(data.y_test, probabilities, data.num_classes)
+    confusion_matrix_figure(
+        matrix, data.class_names, out / "confusion_matrix.png", title=f"test set, accuracy {test_accuracy:.1%}"
+    )
+    table = _write_per_class(out / "per_class_accuracy.csv", per_class, matrix.sum(1))
+    if data.num_classes <= MAX_CLASSES_PRINTED:
+        print("Test accuracy per class:\n" + table)
+    print(f"Test loss: {test_loss:.4f}  Test accuracy: {test_accuracy:.4f}{accuracy_note(data.source)}")
     print(f"Run folder: {out}")
-    print(f"Figures: {out / 'results.png'}, {out / 'samples.png'}")
+    print(f"Figures: {out / 'results.png'}, {out / 'samples.png'}, {out / 'confusion_matrix.png'}")
+    print(f"Per-class accuracy: {out / 'per_class_accuracy.csv'}")
     return 0
+
+
+MAX_CLASSES_PRINTED = 20  # more classes: the table is only written to the run folder
+
+
+def _write_per_class(path: Path, per_class: dict[str, float], counts) -> str:
+    """The per-class table as CSV in the run folder; returns it as aligned text for the terminal."""
+    import csv
+    import io
+
+    from cnnlab.files import write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "test_images", "accuracy"])
+    writer.writerows(
+        [name, int(n), "" if math.isnan(v) else f"{v:.4f}"]
+        for (name, v), n in zip(per_class.items(), counts, strict=True)
+    )
+    write_text(path, buffer.getvalue())
+    width = max(len(name) for name in per_class)
+    return "\n".join(
+        f"  {name:<{width}}  {'-' if math.isnan(v) else f'{v:.4f}'}  ({int(n)} images)"
+        for (name, v), n in zip(per_class.items(), counts, strict=True)
+    )
+
+
+def accuracy_note(source: dict) -> str:
+    """The caveat an accuracy needs when it was measured on a CIFAR copy that is not the official archive."""
+    if source.get("kind") in ("cifar10", "cifar100") and not source.get("official"):
+        return " (data is not the official archive: accuracy may differ)"
+    return ""
 
 
 RECIPE_KEYS = {"seed", "epochs", "batch_size", *DATA_KEYS}
@@ -250,19 +314,22 @@ def _recipe(args: argparse.Namespace, settings: dict):
 
 def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Path, callbacks: list) -> int:
     """Train the recipe's network with its schedule, augmentation and EMA; test with its TTA."""
-    from cnnlab.recipes import build_model, evaluate_tta, fit_recipe
+    import torch
+
+    from cnnlab.recipes import build_model, evaluate_tta, fit_recipe, tta_logits
 
     seed = settings["seed"]
-    model = build_model(recipe, data.x_train, seed, args.device)
+    model = build_model(recipe, data.x_train, seed, args.device, class_names=data.class_names)
     model.summary()
     history = fit_recipe(
         model, data, recipe, seed, callbacks=callbacks, verbose=2 if args.quiet else 1, run_dir=out, resume=args.resume
     )
     val = evaluate_tta(model, data.x_val, data.y_val, recipe.tta)
     test = evaluate_tta(model, data.x_test, data.y_test, recipe.tta)
+    probabilities = torch.softmax(tta_logits(model, data.x_test, recipe.tta), 1).cpu().numpy()
     print(f"Validation accuracy (TTA): {val['accuracy']:.4f}")
     extra = {"recipe": args.recipe, "tta": recipe.tta, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-    return _report(out, data, history, test["loss"], test["accuracy"], extra)
+    return _report(out, data, history, test["loss"], test["accuracy"], probabilities, extra)
 
 
 def _read_json(path: Path) -> dict:

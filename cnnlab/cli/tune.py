@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from cnnlab.cli._data import add_data_options, lab_data_from_args
+
 EPILOG = """\
 search space (TOML, flat keys; without --space, the lab's: examples/space.toml):
   n_filters = 32                                    fixed for every trial
@@ -37,8 +39,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "tune",
         help="search hyperparameters (Optuna or Ray Tune) and write the best config",
-        description="Search the lab CNN's hyperparameters on CIFAR-10, maximizing validation accuracy "
-        "(optionally minimizing energy too), then retrain the best configuration and test it once.",
+        description="Search the lab CNN's hyperparameters on CIFAR-10 or the data --data names, maximizing "
+        "validation accuracy (optionally minimizing energy too), then retrain the best configuration and test it once.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,10 +48,13 @@ def register(subparsers) -> None:
     parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default: 20)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (default: 3)")
     parser.add_argument(
-        "--subset", type=int, default=10_000, help="first N training images, split 3:1 into train/validation"
+        "--subset",
+        type=int,
+        default=10_000,
+        help="N training images (CIFAR-10: the first N; other sets: a stratified sample), split 3:1 into "
+        "train/validation",
     )
-    parser.add_argument("--test-size", type=int, default=2_000, help="first N test images (default: 2000)")
-    parser.add_argument("--data", type=Path, help="CIFAR-10 archive or folder (default: $CNNLAB_CIFAR10)")
+    parser.add_argument("--test-size", type=int, default=2_000, help="N test images (default: 2000)")
     parser.add_argument("--out", type=Path, default=Path("runs/tune"), help="output folder (default: runs/tune)")
     parser.add_argument("--engine", choices=("optuna", "ray"), default="optuna", help="search engine")
     parser.add_argument(
@@ -73,6 +78,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="Optuna engine's device: auto, cpu, cuda or mps")
     parser.add_argument("--country", default="SWE", help="3-letter ISO code of the grid, for CO2eq (default: SWE)")
     parser.add_argument("--cpu-power", type=float, help="CPU watts at full load, instead of codecarbon's guess")
+    add_data_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -92,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from cnnlab.carbon import CarbonSettings
-    from cnnlab.data import load_lab_data
+    from cnnlab.cli.train import accuracy_note
     from cnnlab.tuning import TuneSettings, format_table, load_space, tune
 
     space = load_space(args.space)
@@ -110,15 +116,16 @@ def _search(args: argparse.Namespace) -> int:
         device=args.device,
         carbon=CarbonSettings(country=args.country, cpu_power=args.cpu_power),
     )
-    data = load_lab_data(args.data, n_train_val=args.subset, n_test=args.test_size, seed=args.seed)
+    data = lab_data_from_args(args, n_train_val=args.subset, n_test=args.test_size, seed=args.seed, dtype="uint8")
     print(f"Data: {data.summary()}")
+    print(f"Classes: {', '.join(data.class_names)}")
     result = tune(space, data, args.out, settings, log=print, fresh=args.fresh)
     print(format_table(result.rows))
     if result.pareto:
         print("\nPareto front (no other trial is both more accurate and more frugal):")
         print(format_table(result.pareto, only_varying=False))
     best = result.best
-    lossy = "" if data.source.get("official") else " (data is not the official CIFAR-10 archive)"
+    lossy = accuracy_note(data.source)
     print(
         f"\nBest: trial {best['trial']}, val_accuracy {best['val_accuracy']:.4f}; retrained once and tested: "
         f"test_accuracy {best['test_accuracy']:.4f}{lossy}"

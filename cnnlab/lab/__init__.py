@@ -86,6 +86,7 @@ class LabContext:
     quick: bool = False
     tiny: bool = False
     data_source: str | os.PathLike | None = None
+    data_options: dict = field(default_factory=dict)  # load_dataset's options: image_size, color_mode, ...
     photos: str | os.PathLike | None = None
     weights: str | os.PathLike | None = None
     device: str = "auto"
@@ -119,16 +120,31 @@ class LabContext:
         return [CarbonCallback(verbose=False)]
 
     def lab_data(self):
-        """The lab's train/validation/test split, loaded once per process; tiny runs use 600/200/200."""
+        """The lab's train/validation/test split of CIFAR-10 (or the data set ``data_source`` names), loaded
+        once per process as uint8 (the trainer scales each batch: a quarter of float32's memory); tiny runs
+        use 600/200/200."""
         if "data" not in self.cache:
             from cnnlab.data import load_lab_data
 
             sizes = {"n_train_val": 800, "n_test": 200} if self.tiny else {}
             try:
-                self.cache["data"] = load_lab_data(self.data_source, **sizes)
+                self.cache["data"] = load_lab_data(self.data_source, dtype="uint8", **sizes, **self.data_options)
             except DataError as error:
-                raise PartSkipped("CIFAR-10 could not be loaded", str(error)) from None  # the error names the fix
+                what = "CIFAR-10" if self.data_source is None else "the data"
+                raise PartSkipped(f"{what} could not be loaded", str(error)) from None  # the error names path and fix
         return self.cache["data"]
+
+    def is_cifar10(self) -> bool:
+        """Whether the lab runs on CIFAR-10, the data its questions and counts are written for."""
+        return self.lab_data().source.get("kind", "cifar10") == "cifar10"
+
+    def data_name(self) -> str:
+        """How the report names the data set: CIFAR-10, CIFAR-100 or the folder/file it came from."""
+        source = self.lab_data().source
+        kind = source.get("kind", "cifar10")
+        return {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(
+            kind
+        ) or f"`{source.get('path') or source.get('source')}`"
 
     def trained_model(self, key: str, build: dict, batch_size: int, epochs: int, augment=None):
         """The model of run ``key`` (folder OUT/runs/KEY) and its history (a dict of per-epoch lists).
@@ -147,7 +163,9 @@ class LabContext:
         if key not in models:
             data = self.lab_data()
             settings = {"learning_rate": 0.01, **build}
-            model = build_cnn(input_shape=data.x_train.shape[1:], device=self.device, **settings)
+            model = build_cnn(
+                input_shape=data.input_shape, class_names=data.class_names, device=self.device, **settings
+            )
             model.fit(
                 data.x_train,
                 data.y_train,
@@ -185,7 +203,7 @@ class LabContext:
 
 def accuracy_caveat(source: dict) -> str:
     """The note an accuracy needs when it was measured on a copy of CIFAR-10 that is not the official one."""
-    if source.get("official"):
+    if source.get("official") or source.get("kind", "cifar10") != "cifar10":
         return ""
     return (
         " (on a lossy copy of CIFAR-10)"

@@ -92,7 +92,9 @@ def _untrained_twin(model):
     """Run E's network as built before training: the same build_cnn settings and seed, no fit."""
     from cnnlab.models import build_cnn
 
-    return build_cnn(input_shape=model.input_shape, device="cpu", **LAB_RUNS[BEST_RUN][1])
+    return build_cnn(
+        input_shape=model.input_shape, class_names=model.class_names, device="cpu", **LAB_RUNS[BEST_RUN][1]
+    )
 
 
 def _count_text(counts: dict[str, int]) -> str:

@@ -12,7 +12,6 @@ import numpy as np
 
 from cnnlab import explain
 from cnnlab.augment import Augmentation
-from cnnlab.data import CLASS_NAMES
 from cnnlab.errors import DataError
 from cnnlab.evaluation import (
     LAB_SIZES,
@@ -70,7 +69,7 @@ def explain_mistakes(ctx: LabContext, model, probabilities: np.ndarray, mistakes
     """Where the model looks when it is right and when it is surest of a mistake (Grad-CAM), the test
     images with the highest loss and the most confused class pairs, and answers from those numbers."""
     data = ctx.lab_data()
-    names = getattr(model, "class_names", None) or getattr(data, "class_names", None) or CLASS_NAMES
+    names = data.class_names
     correct = np.flatnonzero(probabilities.argmax(1) == class_indices(data.y_test))[:EXPLAINED_IMAGES]
     wrong_figures, wrong_share = _grad_cam_figure(
         ctx,
@@ -195,6 +194,7 @@ def run(ctx: LabContext) -> Section:
         Augmentation(**LAB_AUGMENTATION, seed=1),
         labels=data.y_train,
         path=ctx.path("figures", "augmented_examples.png"),
+        class_names=data.class_names,
     )
     augmented, augmented_history = ctx.trained_model(f"{BEST_RUN}_augmented", build, batch_size, epochs, augment)
     plot_results(augmented_history, ctx.path("figures", "run_augmented.png"), title=f"{label}, with augmentation")
@@ -204,16 +204,18 @@ def run(ctx: LabContext) -> Section:
     # 5.x the augmented model's mistakes
     probabilities = augmented.predict(data.x_test)
     mistakes = misclassified(data.y_test, probabilities)
-    misclassified_gallery(data.x_test, mistakes, path=ctx.path("figures", "misclassified.png"))
+    names = data.class_names
+    misclassified_gallery(data.x_test, mistakes, path=ctx.path("figures", "misclassified.png"), class_names=names)
     confusion_matrix_figure(
-        confusion_matrix(data.y_test, probabilities),
+        confusion_matrix(data.y_test, probabilities, data.num_classes),
+        names,
         path=ctx.path("figures", "confusion.png"),
         title="Augmented model on the test images",
     )
-    per_class = per_class_accuracy(data.y_test, probabilities)
+    per_class = per_class_accuracy(data.y_test, probabilities, names)
     worst_class = min(per_class, key=lambda name: per_class[name])
     best_class = max(per_class, key=lambda name: per_class[name])
-    true_name, predicted_name = _most_common_confusion(mistakes)
+    true_name, predicted_name = _most_common_confusion(mistakes, names)
     explained = explain_mistakes(ctx, augmented, probabilities, mistakes)
 
     # 5.3 other input sizes: the Flatten model refuses them, a global-average-pooling twin accepts them
@@ -226,9 +228,13 @@ def run(ctx: LabContext) -> Section:
     conv_blocks, last_filters = build["n_conv_layers"], build["n_filters"] * 2 ** (build["n_conv_layers"] - 1)
     flatten_inputs = {size: (size // 2**conv_blocks) ** 2 * last_filters for size in (side, other_size)}
 
-    # The lab's first 10,000 training images, and all 50,000, as float32 arrays.
+    # The lab's training and validation images as they are held (uint8), as float32, and all 50,000 of CIFAR-10.
     in_memory = data.x_train.nbytes + data.x_val.nbytes
-    all_train = 50_000 * int(np.prod(data.x_train.shape[1:])) * data.x_train.itemsize
+    as_float32 = in_memory * 4 // data.x_train.itemsize
+    all_train = 50_000 * int(np.prod(data.x_train.shape[1:])) * 4
+    all_train_text = (
+        f", all 50,000 CIFAR-10 training images {all_train / 2**20:.0f} MB as float32" if ctx.is_cifar10() else ""
+    )
     plain_acc, augmented_acc = history["accuracy"], augmented_history["accuracy"]
     level = round(0.9 * min(plain_acc[-1], augmented_acc[-1]), 2)
     plain_gap = plain_acc[-1] - history["val_accuracy"][-1]
@@ -240,10 +246,10 @@ def run(ctx: LabContext) -> Section:
             "24. What is the test accuracy on rotated test images, compared to unrotated ones? Why the difference?",
             f"Run {BEST_RUN} ({label}) scores {rotated['original']:.1%} on the test images and "
             f"{rotated['rotated']:.1%} on the same images turned 90 degrees{caveat}: {abs(rotated['drop']):.1%} points "
-            f"{'lower' if rotated['drop'] >= 0 else 'higher'}, where guessing would score 10%. The filters learned "
-            "what upright objects look like (sky above, wheels and legs below); no training image showed them "
-            "turned, and neither convolution nor pooling is invariant to rotation. The model trained with "
-            f"augmentation (rotations of at most {LAB_AUGMENTATION['rotation_range']} degrees) scores "
+            f"{'lower' if rotated['drop'] >= 0 else 'higher'}, where guessing would score {1 / data.num_classes:.0%}. "
+            "The filters learned what upright objects look like (sky above, wheels and legs below); no training "
+            "image showed them turned, and neither convolution nor pooling is invariant to rotation. The model "
+            f"trained with augmentation (rotations of at most {LAB_AUGMENTATION['rotation_range']} degrees) scores "
             f"{augmented_rotated:.1%} on the turned images, "
             + (
                 "so small rotations help a little with quarter turns."
@@ -254,7 +260,8 @@ def run(ctx: LabContext) -> Section:
         (
             "25. How would you change the image generator if the training images did not fit in memory? The drawback?",
             f"Here they fit easily: the {len(data.x_train) + len(data.x_val):,} training and validation images take "
-            f"{in_memory / 2**20:.0f} MB as float32, all 50,000 CIFAR-10 training images {all_train / 2**20:.0f} MB. "
+            f"{in_memory / 2**20:.0f} MB as {data.x_train.dtype} ({as_float32 / 2**20:.0f} MB as float32)"
+            f"{all_train_text}. "
             "If they did not, the generator would read each batch from disk as it is needed (Keras' "
             "flow_from_directory, or a PyTorch Dataset that loads files in __getitem__) instead of flow() on an "
             "array. The drawback: every epoch reads and decodes every image again, so training waits on the disk "
@@ -385,10 +392,10 @@ def run(ctx: LabContext) -> Section:
     )
 
 
-def _most_common_confusion(mistakes) -> tuple[str, str]:
+def _most_common_confusion(mistakes, names) -> tuple[str, str]:
     pairs = np.stack([mistakes.true, mistakes.predicted], axis=1) if len(mistakes) else np.zeros((0, 2), int)
     if not len(pairs):
         return "", ""
     values, counts = np.unique(pairs, axis=0, return_counts=True)
     true, predicted = values[counts.argmax()]
-    return CLASS_NAMES[true], CLASS_NAMES[predicted]
+    return names[true], names[predicted]

@@ -28,7 +28,7 @@ def _trained(ctx: LabContext, key: str, recipe: Recipe):
     if _finished(run, recipe.epochs):
         model = load_model(run, device=ctx.device)
     else:
-        model = build_model(recipe, data.x_train, seed=0, device=ctx.device)
+        model = build_model(recipe, data.x_train, seed=0, device=ctx.device, class_names=data.class_names)
         fit_recipe(model, data, recipe, seed=0, callbacks=ctx.training_callbacks(), verbose=2, run_dir=run,
                    resume=True)  # fmt: skip
     return model, read_history(run)
