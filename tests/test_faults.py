@@ -225,7 +225,7 @@ def test_overwrite_replaces_the_run(tmp_path, capsys):
     (out / "checkpoints").mkdir()
     # The data is missing, so training stops right after the guard: the old run is gone, nothing new yet.
     assert main(["train", "--out", str(out), "--overwrite", "--data", str(tmp_path / "missing.tar.gz")]) == 2
-    assert "missing.tar.gz does not exist" in _one_line_error(capsys, "train")
+    assert "missing.tar.gz: no such file or folder" in _one_line_error(capsys, "train")
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
 
 
