@@ -27,7 +27,7 @@ from cnnlab.datasets import load_dataset
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.locks import LOCK_NAME
 
-FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CIFAR10 = tiny_cifar_bytes(images_per_batch=2)
 CIFAR100 = tiny_cifar100_bytes(images_per_split=3)
 
