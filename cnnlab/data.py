@@ -273,6 +273,8 @@ def read_cache(
         return None
     except (OSError, ValueError) as error:
         return _damaged(folder, f"meta.json: {error}")
+    if not isinstance(meta, dict) or not isinstance(meta.get("files", {}), dict):
+        return _damaged(folder, "meta.json: not the record cnnlab writes")
     if meta.get("format") != cache_format or "files" not in meta:
         return None  # another layout, or written before entries had checksums
     try:
