@@ -184,7 +184,7 @@ def main() -> None:
         "--during-fit",
         action="store_true",
         help="kill training only once fit has begun (after loading data and building the model), so that "
-        "every kill tests --resume; by default any moment of the run, start-up included",
+        "most kills test --resume (one in epoch 1 still restarts); by default any moment, start-up included",
     )
     args = parser.parse_args()
     if not args.data:
