@@ -1,6 +1,6 @@
 """kill -9 campaign: SIGKILL `cnnlab train` and `cnnlab lab` at random moments, rerun, count what survived.
 
-    CNNLAB_CIFAR10=... python benchmarks/fault_campaign.py [--train-kills 20] [--lab-kills 10] [--seed 0]
+    CNNLAB_CIFAR10=... python benchmarks/fault_campaign.py [--train-kills 20] [--lab-kills 10] [--during-fit]
 
 Training: one uninterrupted reference run first (its wall time bounds the kill moments), then N runs,
 each killed with SIGKILL at a random moment and finished with `--resume` (or `--overwrite` when it died
@@ -11,7 +11,8 @@ Lab: `cnnlab lab --quick --only <parts>`, killed at M random moments and run aga
 when the rerun exits 0, every part is stored and passes its checksum, the report exists, and every part
 stored before the kill was reused byte for byte.
 
-Runs one process at a time with $CNNLAB_THREADS threads (default 1); a few minutes for the defaults of 5 and 3.
+Runs one process at a time with $CNNLAB_THREADS threads (default 1); a few minutes for the defaults of 5 and 3,
+about 15 minutes for 20 training kills and 20 for 10 lab kills of the cheap parts on a busy 2-core machine.
 """
 
 from __future__ import annotations
@@ -58,16 +59,19 @@ def kill_at(command: list[str], env: dict, seconds: float) -> float | None:
         return None
 
 
-def kill_moments(kills: int, wall: float, command_for, env: dict, rng: random.Random, check) -> dict[str, int]:
-    """Kill runs until ``kills`` were killed mid-run (at most 3x as many tries); ``check(index, moment)``
-    reruns a killed one and says "resumed" (went on from what was saved), "restarted" (killed before
-    anything was saved) or "lost" (did not end as if never killed). A run that finishes before its
-    kill moment shortens the window for the next ones (the machine got quieter)."""
+def kill_moments(
+    kills: int, wall: float, command_for, env: dict, rng: random.Random, check, start: float = 0.0
+) -> dict[str, int]:
+    """Kill runs until ``kills`` were killed mid-run (at most 3x as many tries) at moments drawn between
+    ``start`` and ``wall`` seconds; ``check(index, moment)`` reruns a killed one and says "resumed" (went
+    on from what was saved), "restarted" (killed before anything was saved) or "lost" (did not end as if
+    never killed). A run that finishes before its kill moment shortens the window for the next ones."""
     counts = {"killed": 0, "finished before the kill": 0, "resumed": 0, "restarted": 0, "lost": 0}
     for index in range(3 * kills):
         if counts["killed"] == kills:
             break
-        moment = rng.uniform(0.05, 0.95) * wall
+        low = max(start, 0.05 * wall)
+        moment = low + rng.uniform(0.0, 0.95) * (wall - low)
         finished_after = kill_at(command_for(index), env, moment)
         if finished_after is not None:
             counts["finished before the kill"] += 1
@@ -94,14 +98,28 @@ def same_history(a: list[dict], b: list[dict]) -> bool:
     )
 
 
-def train_campaign(kills: int, data: str, work: Path, env: dict, rng: random.Random) -> dict[str, int]:
-    started = time.perf_counter()
+def timed_reference(command: list[str], env: dict, marker: Path) -> tuple[float, float]:
+    """Run ``command`` to the end; return its wall time and when ``marker`` appeared."""
+    started, appeared = time.perf_counter(), None
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
+        while process.poll() is None:
+            if appeared is None and marker.exists():
+                appeared = time.perf_counter() - started
+            time.sleep(0.05)
+        if process.returncode != 0:
+            errors.seek(0)
+            sys.exit(f"the reference run failed:\n{errors.read()[-2000:]}")
+    wall = time.perf_counter() - started
+    return wall, wall if appeared is None else appeared
+
+
+def train_campaign(kills: int, data: str, work: Path, env: dict, rng: random.Random, during_fit: bool) -> dict:
     reference = work / "reference"
-    done = run(cnnlab("train", "--out", str(reference), "--data", data, *TRAIN_ARGS), env)
-    if done.returncode != 0:
-        sys.exit(f"the reference run failed:\n{done.stderr[-2000:]}")
-    wall, expected = time.perf_counter() - started, history(reference)
-    print(f"train: reference run {wall:.0f} s, {len(expected)} epochs")
+    command = cnnlab("train", "--out", str(reference), "--data", data, *TRAIN_ARGS)
+    wall, fit_began = timed_reference(command, env, reference / "config.json")  # written as fit begins
+    expected = history(reference)
+    print(f"train: reference run {wall:.0f} s (fit began at {fit_began:.0f} s), {len(expected)} epochs")
 
     def command_for(index: int) -> list[str]:
         return cnnlab("train", "--out", str(work / f"train-{index}"), "--data", data, *TRAIN_ARGS)
@@ -115,7 +133,7 @@ def train_campaign(kills: int, data: str, work: Path, env: dict, rng: random.Ran
         print(f"  kill at {moment:.1f} s lost the run {out}: {rerun.stderr.strip()[-500:]}")
         return "lost"
 
-    return kill_moments(kills, wall, command_for, env, rng, check)
+    return kill_moments(kills, wall, command_for, env, rng, check, start=fit_began if during_fit else 0.0)
 
 
 def stored_parts(out: Path) -> dict[str, bytes]:
@@ -162,6 +180,12 @@ def main() -> None:
     parser.add_argument("--lab-parts", nargs="+", default=["data", "device"], help="cheap parts to run and kill")
     parser.add_argument("--data", default=os.environ.get("CNNLAB_CIFAR10"), help="CIFAR-10 archive ($CNNLAB_CIFAR10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument(
+        "--during-fit",
+        action="store_true",
+        help="kill training only once fit has begun (after loading data and building the model), so that "
+        "most kills test --resume (one in epoch 1 still restarts); by default any moment, start-up included",
+    )
     args = parser.parse_args()
     if not args.data:
         sys.exit("give a CIFAR-10 archive with --data or $CNNLAB_CIFAR10")
@@ -172,7 +196,9 @@ def main() -> None:
         env = environment(work / "cache")
         warm = [sys.executable, "-c", "import sys; from cnnlab.data import load_cifar10; load_cifar10(sys.argv[1])"]
         run([*warm, args.data], env)  # decode once into the cache, so the reference run's time is a later run's
-        train = train_campaign(args.train_kills, args.data, work, env, rng) if args.train_kills else None
+        train = (
+            train_campaign(args.train_kills, args.data, work, env, rng, args.during_fit) if args.train_kills else None
+        )
         lab = lab_campaign(args.lab_kills, args.data, args.lab_parts, work, env, rng) if args.lab_kills else None
     print("\n| campaign | kill -9 moments | resumed | restarted (killed before anything was saved) | lost |")
     print("|---|---|---|---|---|")

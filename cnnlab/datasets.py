@@ -31,6 +31,7 @@ from cnnlab.data import (
     _cache_key,
     _read_archive,
     download,
+    is_tar_archive,
     load_cifar10,
     python_batch_images,
     read_cache,
@@ -62,6 +63,7 @@ SPEC_HELP = (
 _FOLDER_CACHE_FORMAT = 1
 _CIFAR100_FORMAT = 1
 _CIFAR100_ARRAYS = ("x_train", "y_train_fine", "y_train_coarse", "x_test", "y_test_fine", "y_test_coarse")
+MAX_CLASSES = 100_000  # above any real data set's (ImageNet-21k has 21,841): a larger label is damage
 _SIZE_SAMPLE = 200  # files whose headers decide the default image size
 _NAMES_SHOWN = 3
 
@@ -193,7 +195,7 @@ def _cifar_kind(path: Path) -> str | None:
             if (folder / "train").is_file() and (folder / "meta").is_file():
                 return "cifar100"
         return None
-    if path.suffix.lower() == ".npz" or not tarfile.is_tarfile(path):
+    if path.suffix.lower() == ".npz" or not is_tar_archive(path):
         return None
     try:
         with tarfile.open(path, mode="r|*") as tar:  # streamed: stops at the first telling file name
@@ -326,6 +328,8 @@ def _load_npz(path: Path) -> ImageDataset:
         arrays[f"y_{split}"] = y.reshape(-1).astype(np.int64) if y.ndim == 2 and y.shape[1] == 1 else y.astype(np.int64)
     labels = np.concatenate([arrays[k].reshape(-1) for k in ("y_train", "y_test") if k in arrays])
     names = arrays.get("class_names")
+    if names is None and labels.max(initial=0) >= MAX_CLASSES:  # the classes would be named "0", "1", ... up to it
+        raise DataError(f"{path}: a label of {labels.max()} is over {MAX_CLASSES - 1:,}; labels count classes from 0")
     names = [str(n) for n in names] if names is not None else [str(i) for i in range(int(labels.max(initial=0)) + 1)]
     checksum = hashlib.sha256(path.read_bytes()).hexdigest()
     origin = {

@@ -1,19 +1,21 @@
 """The fault matrix: inject each fault a user can meet and check the outcome: one line and exit code 2
 (or a warning and a redo), the last good files intact, nothing half-written left behind.
 
-Full disks are real: a 300 KB tmpfs; a read-only folder is a real read-only bind mount (root ignores
+Full disks are real: a small tmpfs; a read-only folder is a real read-only bind mount (root ignores
 file permissions). Both need mount rights; without them those tests are skipped with the reason.
-Checkpoint faults (truncated checkpoint, fallback to the one before) are tested with training.py.
+Checkpoint faults are tested here through `cnnlab train` and `cnnlab predict`, and in test_training.py
+through ``fit``; corrupt archives, image folders and .npz files are generated in test_fuzz.py.
 """
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,16 +23,17 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from tiny_cifar import tiny_cifar_bytes, write_tiny_cifar
+from PIL import Image
+from tiny_cifar import write_tiny_cifar
 
 from cnnlab import data as cifar
+from cnnlab.callbacks import CHECKPOINT, PREVIOUS_CHECKPOINT, BackupAndRestore, read_checkpoint
 from cnnlab.cli import main
 from cnnlab.errors import DataError, FolderLocked, user_os_error
 from cnnlab.files import atomic_write, write_json
 from cnnlab.lab import LabContext, Section, read_stored_part, run_parts
 from cnnlab.locks import LOCK_NAME, folder_lock
+from cnnlab.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD_LOCK = """
@@ -222,7 +225,7 @@ def test_overwrite_replaces_the_run(tmp_path, capsys):
     (out / "checkpoints").mkdir()
     # The data is missing, so training stops right after the guard: the old run is gone, nothing new yet.
     assert main(["train", "--out", str(out), "--overwrite", "--data", str(tmp_path / "missing.tar.gz")]) == 2
-    assert "missing.tar.gz does not exist" in _one_line_error(capsys, "train")
+    assert "missing.tar.gz: no such file or folder" in _one_line_error(capsys, "train")
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
 
 
@@ -322,18 +325,41 @@ def test_a_read_only_output_folder_is_one_line(read_only_folder, capsys, command
 # --------------------------------------------------------------------------- damaged files are verified when read
 
 
-@pytest.mark.parametrize("damage", ["truncate", "header"])
-def test_a_damaged_data_cache_is_decoded_again(tmp_path, damage):
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [("truncate", r"x_train\.npy: \d+ bytes, \d+ written"), ("header", "x_train.npy: checksum mismatch"),
+     ("pixel", "x_train.npy: checksum mismatch")],
+)  # fmt: skip
+def test_a_damaged_data_cache_is_decoded_again_with_a_warning(tmp_path, damage, problem):
     archive = write_tiny_cifar(tmp_path / "cifar.tar.gz")
     (x_train, y_train), _ = cifar.load_cifar10(archive)
     expected = np.array(x_train)
     entry = cifar.cache_dir() / "cifar10" / cifar._cache_key(archive)
     npy = entry / "x_train.npy"
     raw = npy.read_bytes()
-    npy.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"garbage!" + raw[8:])
-    (x_again, _), _ = cifar.load_cifar10(archive)
+    damaged = {
+        "truncate": raw[: len(raw) // 2],
+        "header": b"garbage!" + raw[8:],
+        "pixel": raw[:-1] + bytes([raw[-1] ^ 0x01]),  # one bit of the last pixel: a valid .npy still
+    }[damage]
+    npy.write_bytes(damaged)
+    with pytest.warns(UserWarning, match=f"data cache entry {entry} is damaged \\({problem}\\); decoding the source"):
+        (x_again, _), _ = cifar.load_cifar10(archive)
     np.testing.assert_array_equal(x_again, expected)
     assert npy.read_bytes() == raw  # the entry was written again
+
+
+def test_the_cache_checksum_is_computed_once_per_process(tmp_path, monkeypatch):
+    """Sizes are checked on every load; the CRC-32 (0.1 s for CIFAR-10) once per file and process."""
+    archive = write_tiny_cifar(tmp_path / "cifar.tar.gz")
+    cifar.load_cifar10(archive)  # decodes and writes the entry
+    computed = []
+    crc32 = cifar._file_crc32
+    monkeypatch.setattr(cifar, "_file_crc32", lambda path: computed.append(path.name) or crc32(path))
+    cifar.load_cifar10(archive)
+    assert sorted(computed) == ["x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
+    cifar.load_cifar10(archive)
+    assert len(computed) == 4
 
 
 def _lab_with_counter(out: Path, runs: list[str]):
@@ -395,30 +421,105 @@ def test_fresh_sets_the_study_aside(tmp_path):
     assert not database.exists() and kept.read_bytes() == b"damaged" and kept.name.endswith(".old")
 
 
-# --------------------------------------------------------------------------- fuzzed CIFAR-10 archives
-
-VALID_ARCHIVE = tiny_cifar_bytes(images_per_batch=2)
+# --------------------------------------------------------------------------- checkpoints and weights, through the CLI
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    cut=st.one_of(st.none(), st.integers(0, len(VALID_ARCHIVE) - 1)),
-    flips=st.lists(st.tuples(st.integers(0, len(VALID_ARCHIVE) - 1), st.integers(1, 255)), max_size=4),
-)
-def test_a_corrupt_cifar_archive_is_a_data_error_and_leaves_no_cache_entry(cut, flips):
-    raw = bytearray(VALID_ARCHIVE)
-    for position, xor in flips:
-        raw[position] ^= xor
-    raw = raw[:cut] if cut is not None else raw
-    with tempfile.TemporaryDirectory() as folder:
-        archive, cache = Path(folder) / "cifar.tar.gz", Path(folder) / "cache"
-        archive.write_bytes(bytes(raw))
-        os.environ["CNNLAB_CACHE"] = str(cache)  # the autouse fixture restores it after the test
-        try:
-            (x_train, _), _ = cifar.load_cifar10(archive)
-        except DataError as error:
-            assert "\n" not in str(error)
-            entries = list((cache / "cifar10").iterdir()) if (cache / "cifar10").exists() else []
-            assert [p.name for p in entries if p.name != LOCK_NAME] == []
-        else:
-            assert x_train.shape == (10, 32, 32, 3)  # damage the decoder cannot see (pixels, padding)
+def _train_argv(archive: Path, out: Path) -> list[str]:
+    return ["train", "--out", str(out), "--data", str(archive), "--n-train-val", "40", "--n-test", "12",
+            "--epochs", "3", "--batch-size", "20", "--n-filters", "4", "--quiet"]  # fmt: skip
+
+
+def _assert_same_history(run: Path, reference: Path) -> None:
+    """history.csv equal to the reference run's: same epochs and columns, numbers to float32 precision."""
+    (columns, *rows), (expected_columns, *expected) = (
+        list(csv.reader((folder / "history.csv").open(newline=""))) for folder in (run, reference)
+    )
+    assert columns == expected_columns and len(rows) == len(expected) == 3
+    np.testing.assert_allclose(np.array(rows, float), np.array(expected, float), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A small archive and the uninterrupted 3-epoch run that killed and damaged runs must end equal to."""
+    folder = tmp_path_factory.mktemp("tiny-run")
+    archive = write_tiny_cifar(folder / "cifar.tar.gz", images_per_batch=12)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE", str(folder / "cache"))
+        assert main(_train_argv(archive, folder / "reference")) == 0
+    return archive, folder / "reference"
+
+
+def _stop_after_epoch(monkeypatch, epochs: int) -> None:
+    """Stop ``fit`` right after the checkpoint of epoch ``epochs`` is written, as a kill there would."""
+    write = BackupAndRestore.on_epoch_end
+
+    def write_then_stop(self, epoch, logs=None):
+        write(self, epoch, logs)
+        if epoch + 1 == epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(BackupAndRestore, "on_epoch_end", write_then_stop)
+
+
+def test_resume_with_a_truncated_latest_checkpoint_falls_back_to_the_previous(tiny_run, tmp_path, monkeypatch, capsys):
+    archive, reference = tiny_run
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _stop_after_epoch(patch, 2)
+        assert main(_train_argv(archive, out)) == 130  # interrupted after epoch 2's checkpoint
+    latest = out / CHECKPOINT
+    header, size = 48, latest.stat().st_size  # cnnlab's header: magic, payload size, sha256
+    latest.write_bytes(latest.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main([*_train_argv(archive, out), "--resume"]) == 0
+    printed = capsys.readouterr().err
+    assert [line for line in printed.splitlines() if line.startswith("warning:")] == [
+        f"warning: {latest} is unusable ({1000 - header} bytes of {size - header}: truncated); "
+        f"resuming from {PREVIOUS_CHECKPOINT} (epoch 1)"
+    ]
+    assert "Traceback" not in printed
+    _assert_same_history(out, reference)
+
+
+def test_resume_with_both_checkpoints_truncated_is_one_line(tiny_run, tmp_path, capsys):
+    archive, reference = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        (out / name).write_bytes((out / name).read_bytes()[:500])
+    before = _files(out)
+    assert main([*_train_argv(archive, out), "--resume"]) == 2
+    error = _one_line_error(capsys, "train")
+    assert f"cannot resume {out}: {CHECKPOINT} is unusable" in error and f"so is {PREVIOUS_CHECKPOINT}" in error
+    assert _files(out) == before
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one_resumable(tiny_run, tmp_path, capsys):
+    """A tmpfs that holds two checkpoints but not the temp file of a third: epoch 2's write fails."""
+    archive, reference = tiny_run
+    pages = -(-(reference / CHECKPOINT).stat().st_size // 4096)
+    with _mount(tmp_path / "disk", "-t", "tmpfs", "-o", f"size={(2 * pages + pages // 2 + 6) * 4}k", "tmpfs") as disk:
+        out = disk / "run"
+        assert main(_train_argv(archive, out)) == 2
+        error = _one_line_error(capsys, "train")
+        assert f"{out}{os.sep}checkpoint" in error and "no space left on the device" in error
+        assert read_checkpoint(out, "cpu")["epochs_done"] == 1  # the last good checkpoint, intact
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME]  # no temp file
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)  # the user frees space
+        assert main([*_train_argv(archive, out), "--resume"]) == 0
+        _assert_same_history(out, reference)
+
+
+def test_truncated_weights_are_one_line_for_predict_and_load_model(tiny_run, tmp_path, capsys):
+    _, reference = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    weights = run / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    assert main(["predict", str(run), str(image)]) == 2
+    assert str(weights) in _one_line_error(capsys, "predict")
+    with pytest.raises(DataError) as caught:
+        load_model(weights)
+    assert str(weights) in str(caught.value) and "\n" not in str(caught.value)

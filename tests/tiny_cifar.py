@@ -1,8 +1,9 @@
-"""A small but valid CIFAR-10 archive (official binary layout), built in a test in milliseconds."""
+"""Small but valid CIFAR-10 and CIFAR-100 archives (official layouts), built in a test in milliseconds."""
 
 from __future__ import annotations
 
 import io
+import pickle
 import tarfile
 from pathlib import Path
 
@@ -29,3 +30,25 @@ def tiny_cifar_bytes(images_per_batch: int = 4, seed: int = 0) -> bytes:
 def write_tiny_cifar(path: Path, images_per_batch: int = 4, seed: int = 0) -> Path:
     path.write_bytes(tiny_cifar_bytes(images_per_batch, seed))
     return path
+
+
+def tiny_cifar100_bytes(images_per_split: int = 4, seed: int = 0) -> bytes:
+    """A .tar.gz in CIFAR-100's python layout: cifar-100-python/{train,test,meta} pickles of random images."""
+    rng = np.random.default_rng(seed)
+
+    def batch() -> bytes:
+        fine = rng.integers(0, 100, images_per_split)
+        pixels = rng.integers(0, 256, (images_per_split, 3072), dtype=np.uint8)
+        return pickle.dumps({b"data": pixels, b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist()})
+
+    meta = {
+        b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)],
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, raw in (("meta", pickle.dumps(meta)), ("train", batch()), ("test", batch())):
+            member = tarfile.TarInfo(f"cifar-100-python/{name}")
+            member.size = len(raw)
+            tar.addfile(member, io.BytesIO(raw))
+    return buffer.getvalue()
