@@ -153,7 +153,7 @@ def load_image(
     if color_mode == "grayscale":
         grey = np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
         if not any("grey" in note for note in notes):  # a colour image: say it lost its colours
-            notes = [*notes, "colour converted to grayscale: the model takes 1-channel images"]
+            notes = [*notes, "colour converted to grayscale (1-channel images wanted)"]
         return grey, notes
     return np.asarray(image, dtype=np.uint8), notes
 
