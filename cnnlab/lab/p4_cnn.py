@@ -84,7 +84,6 @@ def run(ctx: LabContext) -> Section:
     results = {}
     for key, (_label, build, batch_size) in LAB_RUNS.items():
         results[key] = train_run(ctx, key, build, batch_size, epochs)
-    a, c, d = results["A"], results["C"], results["D"]
     best_key = max(results, key=lambda k: results[k]["test_accuracy"])
     rows = [
         [
@@ -101,20 +100,42 @@ def run(ctx: LabContext) -> Section:
     ]
     model_c = ctx.cache["models"]["C"]
     maps_figure, maps_table, maps_sentence, map_shapes = feature_maps_of_one_image(ctx, "C", model_c)
+    answers = _answers(results, best_key, ctx.lab_data(), model_c, maps_sentence)
+    return Section(
+        key="cnn",
+        title="Part 4: 2D CNN",
+        intro=f"Five configurations from the lab, each trained {epochs} epochs with Adam (learning rate 0.01) on "
+        "the training images, validated on the validation images and tested once on the test images.",
+        figures=[*((f"figures/run_{k}.png", f"Run {k}: {LAB_RUNS[k][0]}") for k in results), maps_figure],
+        tables=[
+            Table(
+                "The lab's configurations",
+                ["run", "model", "batch", "epochs", "parameters", "train acc", "best val acc", "test acc"],
+                rows,
+            ),
+            maps_table,
+        ],
+        answers=answers,
+        facts={"runs": results, "best": best_key, "feature_map_shapes": map_shapes},
+    )
+
+
+def _answers(results: dict, best_key: str, data, model_c, maps_sentence: str) -> list[tuple[str, str]]:
+    """Questions 13-23, answered from the runs' results, run C's layers and the data's image size."""
+    a, c, d = results["A"], results["C"], results["D"]
     layer_rows = summary_rows(model_c.network, model_c.input_shape)
     biggest = max(layer_rows, key=lambda row: row[3])
     conv_rows = [row for row in layer_rows if row[1] == "Conv2D"]
     second_conv = conv_rows[1]
     filters_in, filters_out = 16, 32
     gap = a["train_accuracy"] - a["test_accuracy"]
-    data = ctx.lab_data()
     height, width, channels = data.input_shape
     n_train = len(data.x_train)
     # Without pooling, the flattened 4-conv feature map would stay height x width x 128 before a 50-node dense
     # layer; four 2x2 poolings shrink each side 16-fold.
     dense_without_pool = height * width * 128 * 50 + 50
     dense_with_pool = (height // 16) * (width // 16) * 128 * 50 + 50
-    answers = [
+    return [
         (
             "13. How big is the difference between training and test accuracy?",
             f"Run A reaches {a['train_accuracy']:.1%} on its training images but {a['test_accuracy']:.1%} on the test "
@@ -181,20 +202,3 @@ def run(ctx: LabContext) -> Section:
             f"{results[best_key]['test_accuracy']:.1%}. The recipe in the 'best configuration' part goes further.",
         ),
     ]
-    return Section(
-        key="cnn",
-        title="Part 4: 2D CNN",
-        intro=f"Five configurations from the lab, each trained {epochs} epochs with Adam (learning rate 0.01) on "
-        "the training images, validated on the validation images and tested once on the test images.",
-        figures=[*((f"figures/run_{k}.png", f"Run {k}: {LAB_RUNS[k][0]}") for k in results), maps_figure],
-        tables=[
-            Table(
-                "The lab's configurations",
-                ["run", "model", "batch", "epochs", "parameters", "train acc", "best val acc", "test acc"],
-                rows,
-            ),
-            maps_table,
-        ],
-        answers=answers,
-        facts={"runs": results, "best": best_key, "feature_map_shapes": map_shapes},
-    )
