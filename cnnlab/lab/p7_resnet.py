@@ -132,31 +132,8 @@ def run(ctx: LabContext) -> Section:
             ],
         )
     ]
-    figures = []
-    if results:
-        rows = [
-            [
-                r.path.name,
-                _name(r.top[0][1]),
-                f"{r.top[0][2]:.3f}",
-                ", ".join(f"{_name(name)} {p:.2f}" for _, name, p in r.top[1:]),
-            ]
-            for r in results
-        ]
-        rows += [[path.name, "not classified", "", reason] for path, reason in classified["failures"]]
-        tables.append(Table("Top-5 classes of each photo", ["photo", "top class", "probability", "next four"], rows))
-        figures.append(
-            (
-                "figures/resnet_photos.png",
-                "Each photo as the network saw it, with its five most likely ImageNet classes",
-            )
-        )
-        figures.append(
-            (
-                "figures/resnet_gradcam.png",
-                f"Grad-CAM at {classified['gradcam']['layer']}: where in each photo the top class's score comes from",
-            )
-        )
+    photo_tables, figures = _photo_tables_and_figures(classified, results)
+    tables += photo_tables
 
     answers = [
         (
@@ -216,6 +193,31 @@ def run(ctx: LabContext) -> Section:
         },
         missing="; ".join(missing),
     )
+
+
+def _photo_tables_and_figures(classified: dict, results) -> tuple[list[Table], list[tuple[str, str]]]:
+    """The top-5 table of the photos and their two figures; nothing when no photo was classified."""
+    if not results:
+        return [], []
+    rows = [
+        [
+            r.path.name,
+            _name(r.top[0][1]),
+            f"{r.top[0][2]:.3f}",
+            ", ".join(f"{_name(name)} {p:.2f}" for _, name, p in r.top[1:]),
+        ]
+        for r in results
+    ]
+    rows += [[path.name, "not classified", "", reason] for path, reason in classified["failures"]]
+    tables = [Table("Top-5 classes of each photo", ["photo", "top class", "probability", "next four"], rows)]
+    figures = [
+        ("figures/resnet_photos.png", "Each photo as the network saw it, with its five most likely ImageNet classes"),
+        (
+            "figures/resnet_gradcam.png",
+            f"Grad-CAM at {classified['gradcam']['layer']}: where in each photo the top class's score comes from",
+        ),
+    ]
+    return tables, figures
 
 
 def _certainty_answer(results) -> str:
