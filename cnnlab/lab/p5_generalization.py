@@ -218,29 +218,8 @@ def run(ctx: LabContext) -> Section:
     true_name, predicted_name = _most_common_confusion(mistakes, names)
     explained = explain_mistakes(ctx, augmented, probabilities, mistakes)
 
-    # 5.3 other input sizes: the Flatten model refuses them, a global-average-pooling twin accepts them
-    other_size = next(size for size in LAB_SIZES if size != data.x_test.shape[1])
-    refusal = _size_refusal(model, data.x_test, data.y_test, other_size)
-    pooled, _ = ctx.trained_model(f"{BEST_RUN}_gap", {**build, "head": "gap"}, batch_size, epochs)
-    sizes = evaluate_sizes(pooled, data.x_test, data.y_test, LAB_SIZES)
-    best_size = max(sizes, key=sizes.get)
-    side = data.x_test.shape[1]
-    conv_blocks, last_filters = build["n_conv_layers"], build["n_filters"] * 2 ** (build["n_conv_layers"] - 1)
-    flatten_inputs = {size: (size // 2**conv_blocks) ** 2 * last_filters for size in (side, other_size)}
-
-    # The lab's training and validation images as they are held (uint8), as float32, and all 50,000 of CIFAR-10.
-    in_memory = data.x_train.nbytes + data.x_val.nbytes
-    as_float32 = in_memory * 4 // data.x_train.itemsize
-    all_train = 50_000 * int(np.prod(data.x_train.shape[1:])) * 4
-    all_train_text = (
-        f", all 50,000 CIFAR-10 training images {all_train / 2**20:.0f} MB as float32" if ctx.is_cifar10() else ""
-    )
+    size_answers, sizes = _size_answers(ctx, model, data, rotated, caveat)
     plain_acc, augmented_acc = history["accuracy"], augmented_history["accuracy"]
-    level = round(0.9 * min(plain_acc[-1], augmented_acc[-1]), 2)
-    plain_gap = plain_acc[-1] - history["val_accuracy"][-1]
-    augmented_gap = augmented_acc[-1] - augmented_history["val_accuracy"][-1]
-    unused = [k for k in Augmentation(seed=None).config() if k not in {*LAB_AUGMENTATION, "fill_mode", "cval", "seed"}]
-
     answers = [
         (
             "24. What is the test accuracy on rotated test images, compared to unrotated ones? Why the difference?",
@@ -257,16 +236,113 @@ def run(ctx: LabContext) -> Section:
                 else "so small rotations do not teach quarter turns."
             ),
         ),
+        _memory_answer(ctx, data),
+        *_training_answers(history, augmented_history, rotated, augmented_test, caveat),
+        *size_answers,
         (
-            "25. How would you change the image generator if the training images did not fit in memory? The drawback?",
-            f"Here they fit easily: the {len(data.x_train) + len(data.x_val):,} training and validation images take "
-            f"{in_memory / 2**20:.0f} MB as {data.x_train.dtype} ({as_float32 / 2**20:.0f} MB as float32)"
-            f"{all_train_text}. "
-            "If they did not, the generator would read each batch from disk as it is needed (Keras' "
-            "flow_from_directory, or a PyTorch Dataset that loads files in __getitem__) instead of flow() on an "
-            "array. The drawback: every epoch reads and decodes every image again, so training waits on the disk "
-            "and the CPU (worker processes and prefetching hide part of that).",
+            "Which test images does the augmented model get wrong?",
+            f"{len(mistakes):,} of {len(data.x_test):,} ({len(mistakes) / len(data.x_test):.1%}). The most frequent "
+            f"mistake: {true_name} predicted as {predicted_name}; per class, {best_class} is recognised best "
+            f"({per_class[best_class]:.1%}) and {worst_class} worst ({per_class[worst_class]:.1%}). The gallery "
+            "shows the mistakes the model was surest of.",
         ),
+    ]
+    return Section(
+        key="generalization",
+        title="Part 5: Model generalization",
+        intro=f"Run {BEST_RUN} of part 4 ({label}, {epochs} epochs) on rotated test images; the same "
+        f"configuration trained with augmentation ({', '.join(f'{k}={v}' for k, v in LAB_AUGMENTATION.items())}) "
+        f"and with global average pooling instead of Flatten. {len(data.x_test):,} test images{caveat}.",
+        figures=[
+            ("figures/rotated.png", "Test images (top) and the same images turned 90 degrees (bottom)"),
+            ("figures/augmented_examples.png", "Training images and augmented versions of them"),
+            ("figures/run_augmented.png", "Training with augmentation: loss and accuracy per epoch"),
+            ("figures/misclassified.png", "The augmented model's most confident mistakes"),
+            ("figures/confusion.png", "Confusion matrix of the augmented model on the test images"),
+            *explained.figures,
+        ],
+        tables=[
+            *_tables(label, rotated, augmented_test, augmented_rotated, plain_acc, augmented_acc, per_class, sizes),
+            *explained.tables,
+        ],
+        answers=answers + explained.answers,
+        facts={
+            "rotated": rotated,
+            "augmented": {
+                "test_accuracy": augmented_test,
+                "rotated_accuracy": augmented_rotated,
+                "train_accuracy": augmented_acc,
+                "val_accuracy": augmented_history["val_accuracy"],
+            },
+            "plain_train_accuracy": plain_acc,
+            "misclassified": len(mistakes),
+            "most_confused": [true_name, predicted_name],
+            "per_class_accuracy": per_class,
+            "best_and_worst_class": [best_class, worst_class],
+            "sizes": {str(size): accuracy for size, accuracy in sizes.items()},
+            **explained.facts,
+        },
+    )
+
+
+def _tables(label, rotated, augmented_test, augmented_rotated, plain_acc, augmented_acc, per_class, sizes):
+    """Part 5's tables: accuracy on turned images, training accuracy per epoch, per class, at other sizes."""
+    return [
+        Table(
+            "Test accuracy",
+            ["model", "test images", "turned 90 degrees"],
+            [
+                [f"run {BEST_RUN}: {label}", f"{rotated['original']:.3f}", f"{rotated['rotated']:.3f}"],
+                ["same, with augmentation", f"{augmented_test:.3f}", f"{augmented_rotated:.3f}"],
+            ],
+        ),
+        Table(
+            "Training accuracy per epoch",
+            ["epoch", "without augmentation", "with augmentation"],
+            [[i + 1, f"{a:.3f}", f"{b:.3f}"] for i, (a, b) in enumerate(zip(plain_acc, augmented_acc, strict=False))],
+        ),
+        Table(
+            "Accuracy per class (augmented model)",
+            ["class", "accuracy"],
+            [[name, f"{value:.3f}"] for name, value in per_class.items()],
+        ),
+        Table(
+            "Global-average-pooling model at other input sizes",
+            ["size", "test accuracy"],
+            [[f"{size} x {size}", f"{accuracy:.3f}"] for size, accuracy in sizes.items()],
+        ),
+    ]
+
+
+def _memory_answer(ctx: LabContext, data) -> tuple[str, str]:
+    """Question 25, from the bytes the lab's images take as held, as float32, and all of CIFAR-10."""
+    in_memory = data.x_train.nbytes + data.x_val.nbytes
+    as_float32 = in_memory * 4 // data.x_train.itemsize
+    all_train = 50_000 * int(np.prod(data.x_train.shape[1:])) * 4
+    all_train_text = (
+        f", all 50,000 CIFAR-10 training images {all_train / 2**20:.0f} MB as float32" if ctx.is_cifar10() else ""
+    )
+    return (
+        "25. How would you change the image generator if the training images did not fit in memory? The drawback?",
+        f"Here they fit easily: the {len(data.x_train) + len(data.x_val):,} training and validation images take "
+        f"{in_memory / 2**20:.0f} MB as {data.x_train.dtype} ({as_float32 / 2**20:.0f} MB as float32)"
+        f"{all_train_text}. "
+        "If they did not, the generator would read each batch from disk as it is needed (Keras' "
+        "flow_from_directory, or a PyTorch Dataset that loads files in __getitem__) instead of flow() on an "
+        "array. The drawback: every epoch reads and decodes every image again, so training waits on the disk "
+        "and the CPU (worker processes and prefetching hide part of that).",
+    )
+
+
+def _training_answers(history: dict, augmented_history: dict, rotated: dict, augmented_test: float, caveat: str):
+    """Questions 26 and 27: how training accuracy rises with and without augmentation; other augmentations."""
+    plain_acc, augmented_acc = history["accuracy"], augmented_history["accuracy"]
+    level = round(0.9 * min(plain_acc[-1], augmented_acc[-1]), 2)
+    plain_gap = plain_acc[-1] - history["val_accuracy"][-1]
+    augmented_gap = augmented_acc[-1] - augmented_history["val_accuracy"][-1]
+    unused = [k for k in Augmentation(seed=None).config() if k not in {*LAB_AUGMENTATION, "fill_mode", "cval", "seed"}]
+
+    return [
         (
             "26. How fast does the training accuracy rise with augmentation, compared to without? Why? What to change "
             "to train more?",
@@ -293,6 +369,24 @@ def run(ctx: LabContext) -> Section:
             "jitter (saturation, hue, contrast), Gaussian noise and blur, and learned policies such as AutoAugment or "
             "RandAugment.",
         ),
+    ]
+
+
+def _size_answers(ctx: LabContext, model, data, rotated: dict, caveat: str) -> tuple[list[tuple[str, str]], dict]:
+    """Questions 28 and 29: the Flatten model refuses other sizes, a global-average-pooling twin (trained
+    here) accepts them. Returns the answers and the twin's test accuracy per size."""
+    _label, build, batch_size = LAB_RUNS[BEST_RUN]
+    epochs = ctx.epochs(*LAB_EPOCHS)
+    other_size = next(size for size in LAB_SIZES if size != data.x_test.shape[1])
+    refusal = _size_refusal(model, data.x_test, data.y_test, other_size)
+    pooled, _ = ctx.trained_model(f"{BEST_RUN}_gap", {**build, "head": "gap"}, batch_size, epochs)
+    sizes = evaluate_sizes(pooled, data.x_test, data.y_test, LAB_SIZES)
+    best_size = max(sizes, key=sizes.get)
+    side = data.x_test.shape[1]
+    conv_blocks, last_filters = build["n_conv_layers"], build["n_filters"] * 2 ** (build["n_conv_layers"] - 1)
+    flatten_inputs = {size: (size // 2**conv_blocks) ** 2 * last_filters for size in (side, other_size)}
+
+    answers = [
         (
             "28. This CNN was trained on 32 x 32 images: can it be applied to images of another size?",
             f"Not as built: Flatten turns the last {side // 2**conv_blocks} x {side // 2**conv_blocks} x "
@@ -321,75 +415,8 @@ def run(ctx: LabContext) -> Section:
                 else f"Here it is best at {best_size} x {best_size}, not at the {side} x {side} it was trained on."
             ),
         ),
-        (
-            "Which test images does the augmented model get wrong?",
-            f"{len(mistakes):,} of {len(data.x_test):,} ({len(mistakes) / len(data.x_test):.1%}). The most frequent "
-            f"mistake: {true_name} predicted as {predicted_name}; per class, {best_class} is recognised best "
-            f"({per_class[best_class]:.1%}) and {worst_class} worst ({per_class[worst_class]:.1%}). The gallery "
-            "shows the mistakes the model was surest of.",
-        ),
     ]
-    return Section(
-        key="generalization",
-        title="Part 5: Model generalization",
-        intro=f"Run {BEST_RUN} of part 4 ({label}, {epochs} epochs) on rotated test images; the same "
-        f"configuration trained with augmentation ({', '.join(f'{k}={v}' for k, v in LAB_AUGMENTATION.items())}) "
-        f"and with global average pooling instead of Flatten. {len(data.x_test):,} test images{caveat}.",
-        figures=[
-            ("figures/rotated.png", "Test images (top) and the same images turned 90 degrees (bottom)"),
-            ("figures/augmented_examples.png", "Training images and augmented versions of them"),
-            ("figures/run_augmented.png", "Training with augmentation: loss and accuracy per epoch"),
-            ("figures/misclassified.png", "The augmented model's most confident mistakes"),
-            ("figures/confusion.png", "Confusion matrix of the augmented model on the test images"),
-            *explained.figures,
-        ],
-        tables=[
-            Table(
-                "Test accuracy",
-                ["model", "test images", "turned 90 degrees"],
-                [
-                    [f"run {BEST_RUN}: {label}", f"{rotated['original']:.3f}", f"{rotated['rotated']:.3f}"],
-                    ["same, with augmentation", f"{augmented_test:.3f}", f"{augmented_rotated:.3f}"],
-                ],
-            ),
-            Table(
-                "Training accuracy per epoch",
-                ["epoch", "without augmentation", "with augmentation"],
-                [
-                    [i + 1, f"{a:.3f}", f"{b:.3f}"]
-                    for i, (a, b) in enumerate(zip(plain_acc, augmented_acc, strict=False))
-                ],
-            ),
-            Table(
-                "Accuracy per class (augmented model)",
-                ["class", "accuracy"],
-                [[name, f"{value:.3f}"] for name, value in per_class.items()],
-            ),
-            Table(
-                "Global-average-pooling model at other input sizes",
-                ["size", "test accuracy"],
-                [[f"{size} x {size}", f"{accuracy:.3f}"] for size, accuracy in sizes.items()],
-            ),
-            *explained.tables,
-        ],
-        answers=answers + explained.answers,
-        facts={
-            "rotated": rotated,
-            "augmented": {
-                "test_accuracy": augmented_test,
-                "rotated_accuracy": augmented_rotated,
-                "train_accuracy": augmented_acc,
-                "val_accuracy": augmented_history["val_accuracy"],
-            },
-            "plain_train_accuracy": plain_acc,
-            "misclassified": len(mistakes),
-            "most_confused": [true_name, predicted_name],
-            "per_class_accuracy": per_class,
-            "best_and_worst_class": [best_class, worst_class],
-            "sizes": {str(size): accuracy for size, accuracy in sizes.items()},
-            **explained.facts,
-        },
-    )
+    return answers, sizes
 
 
 def _most_common_confusion(mistakes, names) -> tuple[str, str]:
