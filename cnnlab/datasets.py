@@ -43,7 +43,7 @@ from cnnlab.data import (
 )
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.files import cache_dir
-from cnnlab.images import COLOR_MODES, IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, load_images
+from cnnlab.images import COLOR_MODES, MAX_IMAGE_PIXELS, find_images, load_images
 
 CIFAR100_ENV = "CNNLAB_CIFAR100"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -405,28 +405,11 @@ class _Scan:
     loops: list[Path] = field(default_factory=list)
 
 
-def _walk_images(top: Path, scan: _Scan) -> list[Path]:
-    """Image files under ``top``, sorted; symlinked folders are followed once each (a loop is cut and noted)."""
-    images, visited = [], set()
-    for current, folders, files in os.walk(top, followlinks=True):
-        real = os.path.realpath(current)
-        if real in visited:
-            scan.loops.append(Path(current))
-            folders[:] = []
-            continue
-        visited.add(real)
-        folders.sort()
-        for name in sorted(files):
-            path = Path(current, name)
-            (images if path.suffix.lower() in IMAGE_SUFFIXES else scan.ignored).append(path)
-    return images
-
-
 def _scan_classes(folder: Path, scan: _Scan) -> dict[str, list[Path]]:
     classes = {}
     for entry in sorted(folder.iterdir()):
         if entry.is_dir() and not entry.name.startswith("."):
-            classes[entry.name] = _walk_images(entry, scan)
+            classes[entry.name] = find_images(entry, scan.ignored, scan.loops)
         elif entry.is_file():
             scan.ignored.append(entry)
     return classes

@@ -25,6 +25,7 @@ from scipy import ndimage
 from torch import nn
 
 from cnnlab.convolution import SOBEL_X, SOBEL_Y, gaussian_kernel
+from cnnlab.data import scale_images
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.evaluation import class_labels, confusion_matrix
 from cnnlab.plots import image_grid, save_figure, to_display
@@ -93,7 +94,7 @@ def network_input(model, images) -> torch.Tensor:
 
         array = preprocess_input(array)
     elif array.dtype == np.uint8:
-        array = array.astype(np.float32) / 127.5 - 1  # the lab's scaling to [-1, 1]
+        array = scale_images(array)  # the lab's scaling to [-1, 1], as every cnnlab model was trained
     tensor = torch.tensor(array, dtype=torch.float32).permute(0, 3, 1, 2).contiguous()
     return tensor.to(_device(network))
 

@@ -29,6 +29,28 @@ _SERIAL_BELOW = 64  # fewer files than this decode faster in this process than t
 _CHUNK = 64  # files per pool task: large enough that pickling results costs little
 
 
+def find_images(top: Path, ignored: list[Path] | None = None, loops: list[Path] | None = None) -> list[Path]:
+    """Image files under ``top`` in walk order (folders and files sorted). Symlinked folders are followed once
+    each: a link loop is cut and its folder added to ``loops``; other files go to ``ignored``."""
+    images, visited = [], set()
+    for current, folders, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(current)
+        if real in visited:
+            if loops is not None:
+                loops.append(Path(current))
+            folders[:] = []
+            continue
+        visited.add(real)
+        folders.sort()
+        for name in sorted(files):
+            path = Path(current, name)
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(path)
+            elif ignored is not None:
+                ignored.append(path)
+    return images
+
+
 def open_image(
     path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, *, draft_size: tuple[int, int] | None = None
 ) -> tuple[Image.Image, list[str]]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.evaluation import Misclassified, confusion_matrix, misclassified, per_class_accuracy
-from cnnlab.images import IMAGE_SUFFIXES, RESIZE_MODES, load_images
+from cnnlab.images import IMAGE_SUFFIXES, RESIZE_MODES, find_images, load_images
 from cnnlab.training import Model
 
 
@@ -31,7 +31,7 @@ def image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
         if not source.is_dir():
             files.append(source)
             continue
-        found = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(find_images(source))
         if not found:
             raise DataError(
                 f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}); pass image files or another folder"
