@@ -30,6 +30,12 @@ from cnnlab.training import Callback, History, Model, check_compile_settings
 NETWORKS = ("recipe", "lab")
 
 
+def check_widths(widths) -> None:
+    """RecipeNet's three conv-group widths: checked when a recipe is written and when a network is built."""
+    if len(widths) != 3 or min(widths) < 1:
+        raise ConfigError(f"widths must be three positive channel counts, got {widths}")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Every setting of a recipe; ``replace(RECIPES['fast'], epochs=5)`` makes a variant."""
@@ -52,8 +58,7 @@ class Recipe:
     def __post_init__(self):
         if self.network not in NETWORKS:
             raise ConfigError(f"unknown network {self.network!r}; choose one of {NETWORKS}")
-        if len(self.widths) != 3 or min(self.widths) < 1:
-            raise ConfigError(f"widths must be three positive channel counts, got {self.widths}")
+        check_widths(self.widths)
         if self.batch_size < 1 or self.epochs < 1 or self.learning_rate <= 0:
             raise ConfigError("a recipe needs batch_size >= 1, epochs >= 1 and learning_rate > 0")
         if not 0 <= self.warmup < 1 or not 0 <= self.ema_decay < 1 or self.tta not in (0, 1, 2):
@@ -193,8 +198,7 @@ class RecipeNetConfig(ModelConfig):
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        if len(self.widths) != 3 or min(self.widths) < 1:
-            raise ConfigError(f"widths must be three positive channel counts, got {self.widths}")
+        check_widths(self.widths)
         height, width, _ = self.input_shape
         if min(height, width) < 9:  # 2x2 whitening, then three 2x2 poolings
             raise ConfigError(f"RecipeNet needs images of at least 9x9 pixels, got {height}x{width}")
