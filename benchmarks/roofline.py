@@ -2,14 +2,16 @@
 
     python benchmarks/roofline.py [--threads 2] [--steps 30]
 
-1. Peak: the best float32 GFLOP/s of a matrix product (square, 256..2048) and of a 3x3 convolution
-   (channels_last, the recipe network's layer shapes, several batch sizes), over thread counts 1..N.
+1. Peak: the best GFLOP/s of a matrix product (square, 256..2048) and of a 3x3 convolution
+   (channels_last, the recipe network's layer shapes, several batch sizes), over thread counts 1..N,
+   in float32 and, on CPUs with bfloat16 units (cnnlab.device.cpu_has_bf16), in bfloat16 too.
 2. Work: floating-point operations of one training step (forward and backward) of the lab's model A,
    model B and the recipe network, counted by torch.utils.flop_counter.FlopCounterMode (convolutions
    and matrix products; BatchNorm, activations and the optimizer count as zero, as in most FLOP
    counts, so the share below is of useful work).
 3. Achieved: the same steps timed through ``Model.fit`` (random images: speed does not depend on
-   the pixels), as GFLOP/s and as a share of the measured conv peak.
+   the pixels), as GFLOP/s and as a share of the measured conv peak of the precision the training
+   computes in (bfloat16 for a recipe with ``cpu_bf16`` on such a CPU, float32 otherwise).
 4. Where the rest goes: torch.profiler's self time per operator group (conv, matmul, BatchNorm,
    pooling, activations and other element-wise ops, data movement, optimizer) and the time outside
    any operator (Python and framework overhead).
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab.device import available_cores, configure_threads
+from cnnlab.device import available_cores, configure_threads, cpu_has_bf16
 
 GROUPS = {  # operator-name fragments -> group; the first match wins
     "conv": ("conv",),
@@ -58,21 +60,21 @@ def best_seconds(run: Callable[[], None], repeats: int = 5, min_seconds: float =
     return best
 
 
-def matmul_peak() -> tuple[float, str]:
+def matmul_peak(dtype: torch.dtype) -> tuple[float, str]:
     results = []
     for n in (256, 512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         results.append((2 * n**3 / best_seconds(lambda a=a, b=b: a @ b) / 1e9, f"{n}x{n} @ {n}x{n}"))
     return max(results)
 
 
-def conv_peak() -> tuple[float, str]:
+def conv_peak(dtype: torch.dtype) -> tuple[float, str]:
     results = []
     shapes = [(3 * 8, 32, 32), (32, 128, 16), (128, 128, 16), (128, 256, 8), (256, 256, 8)]
     for c_in, c_out, size in shapes:
-        conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+        conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).to(dtype, memory_format=torch.channels_last)
         for batch in (32, 128):
-            x = torch.randn(batch, c_in, size, size).to(memory_format=torch.channels_last)
+            x = torch.randn(batch, c_in, size, size, dtype=dtype).to(memory_format=torch.channels_last)
             flops = 2 * batch * c_out * c_in * 9 * size * size
             with torch.no_grad():
                 seconds = best_seconds(lambda conv=conv, x=x: conv(x))
@@ -80,15 +82,16 @@ def conv_peak() -> tuple[float, str]:
     return max(results)
 
 
-def peaks(max_threads: int) -> dict[str, tuple[float, str]]:
-    """The best GFLOP/s over thread counts 1..max_threads, with the shape and threads that gave it."""
-    found = {"matmul": (0.0, ""), "conv": (0.0, "")}
+def peaks(max_threads: int, dtypes: list[torch.dtype]) -> dict[tuple[str, torch.dtype], tuple[float, str]]:
+    """The best GFLOP/s per (operation, dtype) over thread counts 1..max_threads, with the shape and
+    threads that gave it."""
+    found = {(name, dtype): (0.0, "") for name in ("matmul", "conv") for dtype in dtypes}
     for threads in range(1, max_threads + 1):
         torch.set_num_threads(threads)
-        for name, measure in (("matmul", matmul_peak), ("conv", conv_peak)):
-            gflops, shape = measure()
-            if gflops > found[name][0]:
-                found[name] = (gflops, f"{shape}, {threads} thread(s)")
+        for (name, dtype), best in found.items():
+            gflops, shape = (matmul_peak if name == "matmul" else conv_peak)(dtype)
+            if gflops > best[0]:
+                found[name, dtype] = (gflops, f"{shape}, {threads} thread(s)")
     torch.set_num_threads(max_threads)
     return found
 
@@ -142,7 +145,7 @@ def profile_groups(fit: Callable[[], None]) -> tuple[dict[str, float], float]:
     return dict(groups), wall
 
 
-def measure_training(name, model, batch_size, augment, steps, conv_peak_gflops) -> tuple[dict, dict]:
+def measure_training(name, model, batch_size, augment, steps, conv_peaks: dict) -> tuple[dict, dict]:
     rng = np.random.default_rng(0)
     n = batch_size * steps
     x = rng.uniform(-1, 1, (n, *model.input_shape)).astype(np.float32)
@@ -157,8 +160,10 @@ def measure_training(name, model, batch_size, augment, steps, conv_peak_gflops) 
     fit()
     seconds = time.perf_counter() - started
     achieved = flops * steps / seconds / 1e9
-    row = {"training": name, "batch": batch_size, "GFLOP/step": flops / 1e9, "s/step": seconds / steps,
-           "GFLOP/s": achieved, "share of conv peak": achieved / conv_peak_gflops}  # fmt: skip
+    dtype = model.amp_dtype or torch.float32
+    row = {"training": name, "batch": batch_size, "computes in": str(dtype).removeprefix("torch."),
+           "GFLOP/step": flops / 1e9, "s/step": seconds / steps, "GFLOP/s": achieved,
+           "share of conv peak": achieved / conv_peaks[dtype]}  # fmt: skip
     groups, wall = profile_groups(fit)
     shares = {group: t / wall for group, t in groups.items()}
     shares["outside operators (Python, framework)"] = max(0.0, 1 - sum(groups.values()) / wall)
@@ -187,15 +192,16 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, torch "
           f"{torch.__version__}, training on {threads} thread(s)\n")  # fmt: skip
 
-    found = peaks(threads)
-    print("| peak | GFLOP/s | best shape |\n|---|---|---|")
-    for name, (gflops, shape) in found.items():
-        print(f"| {name} | {gflops:.1f} | {shape} |")
+    found = peaks(threads, [torch.float32] + ([torch.bfloat16] if cpu_has_bf16() else []))
+    print("| peak | dtype | GFLOP/s | best shape |\n|---|---|---|---|")
+    for (name, dtype), (gflops, shape) in found.items():
+        print(f"| {name} | {str(dtype).removeprefix('torch.')} | {gflops:.1f} | {shape} |")
+    conv_peaks = {dtype: gflops for (name, dtype), (gflops, _) in found.items() if name == "conv"}
 
     x = np.random.default_rng(0).uniform(-1, 1, (512, 32, 32, 3)).astype(np.float32)
     rows, breakdown = [], {}
     for name, model, batch_size, augment in lab_models(x):
-        row, shares = measure_training(name, model, batch_size, augment, args.steps, found["conv"][0])
+        row, shares = measure_training(name, model, batch_size, augment, args.steps, conv_peaks)
         rows.append(row)
         breakdown[name] = shares
     print("\n" + markdown(rows))

@@ -104,6 +104,14 @@ class DeviceInfo:
     facts: dict[str, str]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): only then is CPU
+    autocast to bfloat16 faster than float32; elsewhere it is emulated and slower."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up with a fallback
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
 def cpu_model_name() -> str:
     """The processor's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
     try:

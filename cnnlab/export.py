@@ -128,7 +128,8 @@ def check_parity(model: Model, onnx_path: str | os.PathLike, images: np.ndarray)
     options.intra_op_num_threads = torch.get_num_threads()  # the thread budget cnnlab was given
     session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     onnx_probabilities = session.run(None, {INPUT_NAME: images})[0]
-    torch_probabilities = model.predict(images)
+    with model.in_float32():  # the exported graph computes in float32
+        torch_probabilities = model.predict(images)
     difference = float(np.abs(onnx_probabilities - torch_probabilities).max())
     same_top = int((onnx_probabilities.argmax(1) == torch_probabilities.argmax(1)).sum())
     return difference, same_top

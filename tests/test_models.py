@@ -134,11 +134,12 @@ def _config(kind, input_shape, num_classes):
             head=head,
         )
     if kind == "recipe":
-        return RecipeNetConfig(input_shape=input_shape, class_names=names, widths=(4, 8, 8))
+        members = int(head or 1)  # "recipe:2" is a RecipeEnsemble of two networks
+        return RecipeNetConfig(input_shape=input_shape, class_names=names, widths=(4, 8, 8), members=members)
     return TransferHeadConfig(input_shape=(1, 1, input_shape[0] * input_shape[2]), class_names=names)
 
 
-MODEL_KINDS = ["cnn:flatten", "cnn:gap", "cnn:fcn", "recipe", "transfer_head"]
+MODEL_KINDS = ["cnn:flatten", "cnn:gap", "cnn:fcn", "recipe", "recipe:2", "transfer_head"]
 
 
 def test_every_registered_kind_is_tested():

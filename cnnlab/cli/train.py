@@ -84,9 +84,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--recipe",
         metavar="NAME",
-        help="train a recipe (cnnlab.recipes) instead of the lab's CNN: 'fast' (its own network, sized for 10 "
-        "minutes on 2 CPU cores), 'lab' (the lab's model B with the recipe's training) or 'gpu' (full CIFAR-10 on "
-        "a GPU); only --seed, --epochs, --batch-size and the data flags apply",
+        help="train a recipe (cnnlab.recipes) instead of the lab's CNN: 'fast', 'fast5' and 'fast2' (its own "
+        "networks, sized for 10, 5 and 2 minutes on 2 CPU cores), 'lab' (the lab's model B with the recipe's "
+        "training) or 'gpu' (full CIFAR-10 on a GPU); only --seed, --epochs, --batch-size and the data flags apply",
     )
     defaults = {**build_keys(), **FIT_KEYS, **DATA_KEYS}
     add_data_options(parser)  # --data, --image-size, ...: shared with the other training commands

@@ -110,9 +110,10 @@ def _recipe_whitening(ctx: LabContext) -> Section:
     try:
         from safetensors import safe_open
 
-        with safe_open(str(weights_file), "pt") as handle:
-            weights = handle.get_tensor("whiten.weight")
-    except (OSError, KeyError, ValueError, RuntimeError):  # not trained here (yet), or another network
+        with safe_open(str(weights_file), "pt") as handle:  # an ensemble's members share the same filters
+            key = next(k for k in sorted(handle.keys()) if k.endswith("whiten.weight"))
+            weights = handle.get_tensor(key)
+    except (OSError, StopIteration, ValueError, RuntimeError):  # not trained here (yet), or another network
         return Section(key="convolution", title="")
     explain.filter_grid(weights, ctx.path("figures", "recipe_whitening_filters.png"))
     counts = explain.summarize_filters(explain.match_filters(weights))
