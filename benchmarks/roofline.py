@@ -107,7 +107,8 @@ def lab_models(x: np.ndarray):
         ("lab model B (4 conv, dense 50)",
          build_cnn(n_conv_layers=4, n_filters=16, n_dense_layers=1, n_nodes=50, use_dropout=True, device="cpu"),
          128, None),
-        ("recipe fast (RecipeNet)", build_model(fast, x, device="cpu"), fast.batch_size, CropFlip(fast.translate)),
+        (f"recipe fast ({fast.members} RecipeNets)", build_model(fast, x, device="cpu"), fast.batch_size,
+         CropFlip(fast.translate, cutout=fast.cutout)),
     ]  # fmt: skip
 
 
@@ -117,7 +118,7 @@ def step_flops(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> int:
     labels = torch.from_numpy(y[:batch_size])
     model.network.train()
     with FlopCounterMode(display=False) as counter:
-        loss = nn.functional.cross_entropy(model.network(images), labels)
+        loss = model._loss(model.network(images), labels)  # an ensemble gives one set of logits per member
         loss.backward()
     model.network.zero_grad(set_to_none=True)
     return counter.get_total_flops()

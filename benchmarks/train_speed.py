@@ -88,10 +88,19 @@ def keras_in_other_python(python: str, name: str, x, y, rounds: int, threads: in
     """Run keras_epoch_times under another interpreter (the one with TensorFlow) on the same images."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(f"{tmp}/data.npz", x=x, y=y)
-        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
-               "TF_CPP_MIN_LOG_LEVEL": "3"}
-        result = subprocess.run([python, __file__, "--keras-worker", f"{tmp}/data.npz", name, str(rounds)],
-                                env=env, capture_output=True, text=True, check=True)
+        env = {
+            **os.environ,
+            "TF_NUM_INTRAOP_THREADS": str(threads),
+            "TF_NUM_INTEROP_THREADS": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
+        result = subprocess.run(
+            [python, __file__, "--keras-worker", f"{tmp}/data.npz", name, str(rounds)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return statistics.median(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
@@ -129,11 +138,16 @@ def main() -> None:
         for _ in range(args.rounds):
             times_ours.append(cnnlab_epoch(ours, data.x_train, data.y_train, batch_size))
             times_hand.append(hand_written_epoch(theirs, x_t, y_t, batch_size, generator))
-        row = {"model": name, "batch": batch_size, "cnnlab_s": statistics.median(times_ours),
-               "hand_s": statistics.median(times_hand)}
+        row = {
+            "model": name,
+            "batch": batch_size,
+            "cnnlab_s": statistics.median(times_ours),
+            "hand_s": statistics.median(times_hand),
+        }
         if args.keras_python:
-            row["keras_s"] = keras_in_other_python(args.keras_python, name, data.x_train, data.y_train,
-                                                   args.rounds, threads)
+            row["keras_s"] = keras_in_other_python(
+                args.keras_python, name, data.x_train, data.y_train, args.rounds, threads
+            )
         rows.append(row)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nEpoch time on 7,500 images, CPU, {threads} threads, median of {args.rounds} interleaved rounds\n")

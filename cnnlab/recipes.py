@@ -45,7 +45,6 @@ class Recipe:
     optimizer: str = "sgd"  # Nesterov momentum 0.9 (see Model); "muon": Muon for the conv filters
     filter_lr: float = 0.24  # Muon's peak step for the conv filters (optimizer "muon" only)
     cutout: int = 0  # side of a zeroed square per training image; 0 turns it off
-    alternate_flip: bool = False  # mirror each image in every other epoch instead of at random
     cpu_bf16: bool = False  # bfloat16 autocast on CPUs that have bf16 units (float32 elsewhere)
     members: int = 1  # networks trained side by side and averaged (RecipeEnsemble); "recipe" network only
     batch_size: int = 256
@@ -298,17 +297,11 @@ class CropFlip:
     whole-pixel shifts (no interpolation blur) and a cheaper op, since it runs on every step.
     """
 
-    def __init__(
-        self, translate: int = 2, flip: bool = True, seed: int | None = 0, cutout: int = 0, alternate: bool = False
-    ):
+    def __init__(self, translate: int = 2, flip: bool = True, seed: int | None = 0, cutout: int = 0):
         if translate < 0 or cutout < 0:
             raise ConfigError(f"translate and cutout must be >= 0 pixels, got {translate} and {cutout}")
         self.translate, self.flip, self.seed, self.cutout = translate, flip, seed, cutout
-        self.alternate, self.epoch = alternate, 0
         self._generators: dict[torch.device, torch.Generator] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _generator(self, device: torch.device) -> torch.Generator:
         return device_generator(self._generators, device, self.seed)
@@ -331,11 +324,7 @@ class CropFlip:
         rows = _reflect(torch.arange(height, device=device) + shift_y, height)
         cols = torch.arange(width, device=device).expand(n, width)
         if self.flip:
-            flipped = (
-                self._alternating_flips(images)
-                if self.alternate
-                else torch.rand(n, 1, generator=generator, device=device) < 0.5
-            )
+            flipped = torch.rand(n, 1, generator=generator, device=device) < 0.5
             cols = torch.where(flipped, width - 1 - cols, cols)
         cols = _reflect(cols + shift_x, width)
         nhwc = images.permute(0, 2, 3, 1)
@@ -343,13 +332,6 @@ class CropFlip:
         if self.cutout:
             picked = self._cut_out(picked, generator)
         return picked.permute(0, 3, 1, 2)
-
-    def _alternating_flips(self, images: torch.Tensor) -> torch.Tensor:
-        """airbench's alternating flip: each image is mirrored in every other epoch, so two epochs in a
-        row show both sides. Which epochs comes from a bit of the image's own pixels (stable from epoch
-        to epoch, about half the images each way), since a batch does not say which images it holds."""
-        pixel_sum = images.flatten(1)[:, ::13].sum(1, keepdim=True)
-        return ((pixel_sum * 64).floor().long() + self.epoch) % 2 == 1
 
     def _cut_out(self, nhwc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Zero (the data's mean grey) one square of side ``cutout`` inside each image."""
@@ -496,6 +478,18 @@ def evaluate_tta(model: Model, x, y, level: int = 2) -> dict[str, float]:
     }
 
 
+def member_accuracies(model: Model, x, y, level: int = 2) -> list[float]:
+    """Test accuracy (with TTA) of each member of an ensemble on its own; one entry for a single network."""
+    network = model.network
+    if not isinstance(network, RecipeEnsemble):
+        return [evaluate_tta(model, x, y, level)["accuracy"]]
+    alone = [
+        Model(member, model.input_shape, num_classes=model.num_classes, device=model.device, cpu_bf16=model.cpu_bf16)
+        for member in network.members
+    ]
+    return [evaluate_tta(member, x, y, level)["accuracy"] for member in alone]
+
+
 def _nchw(model: Model, x) -> torch.Tensor:
     """NHWC images on the model's device as an NCHW view: uint8 kept as it is (``model.scaled`` makes
     each batch float), floats as float32."""
@@ -563,7 +557,7 @@ def fit_recipe(
         verbose=verbose,
         seed=seed,
         callbacks=[*schedule, *callbacks],
-        augment=CropFlip(settings.translate, seed=seed, cutout=settings.cutout, alternate=settings.alternate_flip),
+        augment=CropFlip(settings.translate, seed=seed, cutout=settings.cutout),
         run_dir=run_dir,
         resume=resume,
     )

@@ -37,9 +37,7 @@ def _own_counts(module: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
     frozen = sum(p.numel() for p in module.parameters(recurse=False) if not p.requires_grad)
     frozen += sum(
-        b.numel()
-        for name, b in module.named_buffers(recurse=False)
-        if name in ("running_mean", "running_var")
+        b.numel() for name, b in module.named_buffers(recurse=False) if name in ("running_mean", "running_var")
     )
     return trainable, frozen
 
@@ -77,9 +75,7 @@ def summary_rows(
         leaves = list(network.named_children())
     shapes: dict[str, str] = {}
     hooks = [
-        module.register_forward_hook(
-            lambda _m, _i, out, name=name: shapes.__setitem__(name, _keras_shape(out))
-        )
+        module.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, _keras_shape(out)))
         for name, module in leaves
     ]
     height, width, channels = input_shape
@@ -93,10 +89,7 @@ def summary_rows(
         network.train(was_training)
         for hook in hooks:
             hook.remove()
-    return [
-        (name, _type_name(module), shapes.get(name, "?"), count_params(module).total)
-        for name, module in leaves
-    ]
+    return [(name, _type_name(module), shapes.get(name, "?"), count_params(module).total) for name, module in leaves]
 
 
 def format_summary(

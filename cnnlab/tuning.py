@@ -688,6 +688,37 @@ def _start_ray(ray, address: str | None, local_cpus: int, threads: int) -> None:
         ) from error
 
 
+def _file_results(tune, storage: optuna.storages.BaseStorage, study_name: str, count: int):
+    """A Tune callback that copies each result into the study's trial (as Optuna's engine does) and
+    counts finished trials on a progress bar. Tune pickles its callbacks, so the bar is made once it starts."""
+
+    class FileResults(tune.Callback):
+        def __init__(self):
+            self.storage, self.study_id = storage, storage.get_study_id_from_name(study_name)
+
+        def setup(self, **info):
+            self.bar = tqdm(total=count, desc="ray trials", unit="trial", dynamic_ncols=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            number = trial.config[RAY_TRIAL_KEY]
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+            self.storage.set_trial_user_attr(trial_id, "config", _in_order(trial.config))
+            for key in OUTCOME_KEYS:
+                if key in result:
+                    self.storage.set_trial_user_attr(trial_id, key, result[key])
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.bar.update()
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.bar.update()
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return FileResults()
+
+
 def _run_ray(
     study: optuna.Study,
     storage: optuna.storages.BaseStorage,
@@ -729,33 +760,6 @@ def _run_ray(
         scheduler = None if settings.multi_objective else ASHAScheduler(
             metric="val_accuracy", mode="max", max_t=settings.epochs, grace_period=1, reduction_factor=3)  # fmt: skip
 
-        class FileResults(tune.Callback):
-            """Copy each result into the study's trial (as Optuna's engine does), and count finished
-            trials on a progress bar. Tune pickles its callbacks, so the bar is made once it starts."""
-
-            def __init__(self):
-                self.storage, self.study_id = storage, storage.get_study_id_from_name(study.study_name)
-
-            def setup(self, **info):
-                self.bar = tqdm(total=count, desc="ray trials", unit="trial", dynamic_ncols=True)
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                number = trial.config[RAY_TRIAL_KEY]
-                trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-                self.storage.set_trial_user_attr(trial_id, "config", _in_order(trial.config))
-                for key in OUTCOME_KEYS:
-                    if key in result:
-                        self.storage.set_trial_user_attr(trial_id, key, result[key])
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self.bar.update()
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self.bar.update()
-
-            def on_experiment_end(self, trials, **info):
-                self.bar.close()
-
         trainable = tune.with_resources(
             tune.with_parameters(
                 _ray_trial,
@@ -780,7 +784,7 @@ def _run_ray(
                 name=study.study_name,
                 storage_path=str((out / "ray").resolve()),
                 verbose=0,
-                callbacks=[FileResults()],
+                callbacks=[_file_results(tune, storage, study.study_name, count)],
             ),
         )
         with redirect_stdout(io.StringIO()):  # Tune prints a banner even at verbose=0

@@ -202,13 +202,8 @@ def _learned_filters(ctx: LabContext) -> Section:
     )
 
 
-def run(ctx: LabContext) -> Section:
-    image = _ascent()
-    kernels = {"Gaussian (sigma 4)": gaussian_kernel((15, 15), 4), "Sobel X": SOBEL_X, "Sobel Y": SOBEL_Y}
-    shapes = {name: {mode: convolve(image, kernel, mode).shape for mode in MODES} for name, kernel in kernels.items()}
-    responses = {name: convolve(image, kernel, "same") for name, kernel in kernels.items()}
-    plot_responses(image, responses, ctx.path("figures", "convolution_same.png"))
-
+def _answers(image, kernels, shapes, responses, valid_sizes, same_sizes) -> tuple[list, dict]:
+    """Questions 1-6, answered from the measured responses; also the measurements the facts keep."""
     height, width = image.shape[:2]
     channels = 1 if image.ndim == 2 else image.shape[2]
     gaussian_name = next(iter(kernels))
@@ -222,12 +217,8 @@ def run(ctx: LabContext) -> Section:
         for name, kernel in kernels.items()
     ]
     same_shapes = sorted({_shape(shapes[name]["same"]) for name in kernels})
-    valid_sizes = _sizes_through_blocks(CIFAR_SIDE, "valid", LAB_CONV_BLOCKS)
-    same_sizes = _sizes_through_blocks(CIFAR_SIDE, "same", LAB_CONV_BLOCKS)
     use = _border_use()
     full_gauss = shapes[gaussian_name]["full"]
-    learned = _learned_filters(ctx)
-
     answers = [
         (
             "1. What do the Gaussian, Sobel X and Sobel Y filters do to the image?",
@@ -269,6 +260,20 @@ def run(ctx: LabContext) -> Section:
             "network is deep, and throw away what happens at the edges.",
         ),
     ]
+    return answers, {"neighbour_difference": {"original": sharp, "gaussian": blurred}, "edge_test": edge}
+
+
+def run(ctx: LabContext) -> Section:
+    image = _ascent()
+    kernels = {"Gaussian (sigma 4)": gaussian_kernel((15, 15), 4), "Sobel X": SOBEL_X, "Sobel Y": SOBEL_Y}
+    shapes = {name: {mode: convolve(image, kernel, mode).shape for mode in MODES} for name, kernel in kernels.items()}
+    responses = {name: convolve(image, kernel, "same") for name, kernel in kernels.items()}
+    plot_responses(image, responses, ctx.path("figures", "convolution_same.png"))
+    valid_sizes = _sizes_through_blocks(CIFAR_SIDE, "valid", LAB_CONV_BLOCKS)
+    same_sizes = _sizes_through_blocks(CIFAR_SIDE, "same", LAB_CONV_BLOCKS)
+    answers, measured = _answers(image, kernels, shapes, responses, valid_sizes, same_sizes)
+    learned = _learned_filters(ctx)
+    height, width = image.shape[:2]
     return Section(
         key="convolution",
         title="Part 1: Convolutions",
@@ -297,8 +302,7 @@ def run(ctx: LabContext) -> Section:
             "image_shape": list(image.shape),
             "kernel_shapes": {name: list(kernel.shape) for name, kernel in kernels.items()},
             "response_shapes": {name: {m: list(s) for m, s in by_mode.items()} for name, by_mode in shapes.items()},
-            "neighbour_difference": {"original": sharp, "gaussian": blurred},
-            "edge_test": edge,
+            **measured,
             **learned.facts,
         },
         missing=learned.missing,

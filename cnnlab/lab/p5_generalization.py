@@ -176,6 +176,39 @@ def _size_refusal(model, x, y, size: int) -> str:
     return "accepted"
 
 
+def _mistakes(ctx: LabContext, data, augmented) -> dict:
+    """The augmented model's mistakes: gallery, confusion matrix, per-class accuracy, explanations, answer."""
+    probabilities = augmented.predict(data.x_test)
+    mistakes = misclassified(data.y_test, probabilities)
+    names = data.class_names
+    misclassified_gallery(data.x_test, mistakes, path=ctx.path("figures", "misclassified.png"), class_names=names)
+    confusion_matrix_figure(
+        confusion_matrix(data.y_test, probabilities, data.num_classes),
+        names,
+        path=ctx.path("figures", "confusion.png"),
+        title="Augmented model on the test images",
+    )
+    per_class = per_class_accuracy(data.y_test, probabilities, names)
+    worst_class = min(per_class, key=lambda name: per_class[name])
+    best_class = max(per_class, key=lambda name: per_class[name])
+    true_name, predicted_name = _most_common_confusion(mistakes, names)
+    answer = (
+        "Which test images does the augmented model get wrong?",
+        f"{len(mistakes):,} of {len(data.x_test):,} ({len(mistakes) / len(data.x_test):.1%}). The most frequent "
+        f"mistake: {true_name} predicted as {predicted_name}; per class, {best_class} is recognised best "
+        f"({per_class[best_class]:.1%}) and {worst_class} worst ({per_class[worst_class]:.1%}). The gallery "
+        "shows the mistakes the model was surest of.",
+    )
+    return {
+        "mistakes": mistakes,
+        "per_class": per_class,
+        "most_confused": [true_name, predicted_name],
+        "best_and_worst_class": [best_class, worst_class],
+        "explained": explain_mistakes(ctx, augmented, probabilities, mistakes),
+        "answer": answer,
+    }
+
+
 def run(ctx: LabContext) -> Section:
     data = ctx.lab_data()
     caveat = accuracy_caveat(data.source)
@@ -201,23 +234,8 @@ def run(ctx: LabContext) -> Section:
     augmented_test = augmented.evaluate(data.x_test, data.y_test)[1]
     augmented_rotated = evaluate_rotated(augmented, data.x_test, data.y_test)["rotated"]
 
-    # 5.x the augmented model's mistakes
-    probabilities = augmented.predict(data.x_test)
-    mistakes = misclassified(data.y_test, probabilities)
-    names = data.class_names
-    misclassified_gallery(data.x_test, mistakes, path=ctx.path("figures", "misclassified.png"), class_names=names)
-    confusion_matrix_figure(
-        confusion_matrix(data.y_test, probabilities, data.num_classes),
-        names,
-        path=ctx.path("figures", "confusion.png"),
-        title="Augmented model on the test images",
-    )
-    per_class = per_class_accuracy(data.y_test, probabilities, names)
-    worst_class = min(per_class, key=lambda name: per_class[name])
-    best_class = max(per_class, key=lambda name: per_class[name])
-    true_name, predicted_name = _most_common_confusion(mistakes, names)
-    explained = explain_mistakes(ctx, augmented, probabilities, mistakes)
-
+    found = _mistakes(ctx, data, augmented)
+    mistakes, per_class, explained = found["mistakes"], found["per_class"], found["explained"]
     size_answers, sizes = _size_answers(ctx, model, data, rotated, caveat)
     plain_acc, augmented_acc = history["accuracy"], augmented_history["accuracy"]
     answers = [
@@ -239,13 +257,7 @@ def run(ctx: LabContext) -> Section:
         _memory_answer(ctx, data),
         *_training_answers(history, augmented_history, rotated, augmented_test, caveat),
         *size_answers,
-        (
-            "Which test images does the augmented model get wrong?",
-            f"{len(mistakes):,} of {len(data.x_test):,} ({len(mistakes) / len(data.x_test):.1%}). The most frequent "
-            f"mistake: {true_name} predicted as {predicted_name}; per class, {best_class} is recognised best "
-            f"({per_class[best_class]:.1%}) and {worst_class} worst ({per_class[worst_class]:.1%}). The gallery "
-            "shows the mistakes the model was surest of.",
-        ),
+        found["answer"],
     ]
     return Section(
         key="generalization",
@@ -276,9 +288,9 @@ def run(ctx: LabContext) -> Section:
             },
             "plain_train_accuracy": plain_acc,
             "misclassified": len(mistakes),
-            "most_confused": [true_name, predicted_name],
+            "most_confused": found["most_confused"],
             "per_class_accuracy": per_class,
-            "best_and_worst_class": [best_class, worst_class],
+            "best_and_worst_class": found["best_and_worst_class"],
             "sizes": {str(size): accuracy for size, accuracy in sizes.items()},
             **explained.facts,
         },
