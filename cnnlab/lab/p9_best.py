@@ -65,7 +65,6 @@ def _ingredients(recipe: Recipe) -> list[list]:
     if recipe.optimizer == "muon":
         optimizer = f"Muon for the conv filters (step {recipe.filter_lr}), {optimizer} for the rest"
     augmentation = f"random shift up to {recipe.translate} px (reflect) + horizontal flip"
-    augmentation += ", mirrored every other epoch" if recipe.alternate_flip else ""
     augmentation += f", a {recipe.cutout}x{recipe.cutout} square zeroed" if recipe.cutout else ""
     rows = [
         ["network", network, "pooling after the first conv of each group: most work at low resolution"
