@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -199,6 +200,10 @@ def test_recipe_settings_are_checked():
         Recipe(network="resnet")
     with pytest.raises(ConfigError, match="ema_every"):
         Recipe(ema_every=0)
+    with pytest.raises(ConfigError, match="members"):
+        Recipe(members=0)
+    with pytest.raises(ConfigError, match="members"):
+        replace(RECIPES["lab"], members=2)
 
 
 def test_lab_model_keeps_its_architecture():
