@@ -7,11 +7,11 @@ on a small CPU:  python benchmarks/device_scaling.py
 
 from __future__ import annotations
 
-import json
-import sys
+import argparse
 from pathlib import Path
 
 from cnnlab.device import BENCHMARK_LAYER, configure_threads, measure_conv_throughput, plot_throughput
+from cnnlab.files import write_json
 
 BATCH_SIZES = [2**power for power in range(11)]
 
@@ -24,8 +24,10 @@ def main(out: Path) -> None:
         print(f"{m.device:<8} {m.batch_size:>5} {m.images_per_second:>12,.0f} images/s")
     out.mkdir(parents=True, exist_ok=True)
     print(f"plot: {plot_throughput(measurements, out / 'scaling.png')}")
-    (out / "scaling.json").write_text(json.dumps([vars(m) for m in measurements], indent=2) + "\n")
+    write_json(out / "scaling.json", [vars(m) for m in measurements])
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/device-scaling"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", type=Path, default=Path("runs/device-scaling"), help="output folder")
+    main(parser.parse_args().out)
