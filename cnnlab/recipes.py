@@ -220,8 +220,11 @@ class RecipeEnsemble(nn.Module):
         return logits
 
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        for member in self.members:
-            member.init_whitening(images, eps)
+        """Fit the first member's whitening and copy it: the fit is deterministic, so all would get the same."""
+        first, *others = self.members
+        first.init_whitening(images, eps)
+        for member in others:
+            member.whiten.load_state_dict(first.whiten.state_dict())
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ def test_ensemble_members_learn_as_if_alone_and_vote_by_mean_logits(tmp_path):
     assert isinstance(model.network, RecipeEnsemble) and len(model.network.members) == 2
     one, two = model.network.members
     assert not torch.equal(one.head.weight, two.head.weight)  # different initial weights
+    assert torch.equal(one.whiten.weight, two.whiten.weight) and torch.equal(one.whiten.bias, two.whiten.bias)
     images = torch.from_numpy(x[:16]).permute(0, 3, 1, 2)
     alone = RecipeNet((8, 8, 16))
     alone.load_state_dict(one.state_dict())
