@@ -61,7 +61,6 @@ def open_image(
     hard limit (twice ``Image.MAX_IMAGE_PIXELS``) still applies above it. ``draft_size`` (h, w) lets a
     JPEG decode at 1/2, 1/4 or 1/8 scale when that still covers the size wanted: several times faster.
     """
-    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the max_pixels check decides
@@ -104,7 +103,7 @@ def _detached(image: Image.Image) -> tuple[Image.Image, list[str]]:
     return rgb, notes
 
 
-def _too_big(path: Path, width: int, height: int, max_pixels: int) -> str:
+def _too_big(path: str | os.PathLike, width: int, height: int, max_pixels: int) -> str:
     return (
         f"{path} is {width} x {height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
         "shrink it first or raise the limit (--max-pixels / max_pixels=)"
@@ -214,24 +213,25 @@ def load_images(
     of conversion notes. A damaged file is skipped unless ``strict``, which raises its DataError instead.
     """
     _check_modes(resize, color_mode)
-    paths = [str(path) for path in paths]
+    files = [Path(path) for path in paths]
+    names = [str(path) for path in files]  # what the workers get: strings pickle faster than paths
     if workers is None:
         from cnnlab.device import available_cores
 
         workers = available_cores()
-    chunks = [paths[start : start + _CHUNK] for start in range(0, len(paths), _CHUNK)]
+    chunks = [names[start : start + _CHUNK] for start in range(0, len(names), _CHUNK)]
     args = (size, resize, color_mode, max_pixels)
-    bar = tqdm(total=len(paths), unit="img", desc="decoding images", disable=not progress, leave=False)
+    bar = tqdm(total=len(names), unit="img", desc="decoding images", disable=not progress, leave=False)
     parts = []
     with bar:
-        if workers <= 1 or len(paths) < _SERIAL_BELOW:
+        if workers <= 1 or len(names) < _SERIAL_BELOW:
             results = (_decode_chunk(chunk, *args) for chunk in chunks)
             parts = _collect(results, chunks, strict, bar)
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
                 futures = [pool.submit(_decode_chunk, chunk, *args) for chunk in chunks]
                 parts = _collect((future.result() for future in futures), chunks, strict, bar)
-    return _assemble(parts, size, color_mode)
+    return _assemble(parts, files, size, color_mode)
 
 
 def _collect(results, chunks, strict: bool, bar) -> list:
@@ -244,17 +244,23 @@ def _collect(results, chunks, strict: bool, bar) -> list:
     return parts
 
 
-def _assemble(parts: list, size: tuple[int, int], color_mode: str):
+def _assemble(parts: list, files: list[Path], size: tuple[int, int], color_mode: str):
+    """One array of the decoded images and the caller's paths of the kept files. A chunk without a bad file
+    is copied whole and no path is rebuilt: on 32x32 PNGs that took one-worker loading from 0.83x to 0.94x
+    of a plain Pillow loop (benchmarks/folder_speed.py, README)."""
     channels = 1 if color_mode == "grayscale" else 3
     kept, skipped, notes = [], [], Counter()
     total = sum(len(errors) - errors.count(None) for _, _, errors, _ in parts)
     images = np.empty((sum(len(chunk) for chunk, *_ in parts) - total, *size, channels), dtype=np.uint8)
-    position = 0
+    position, start = 0, 0
     for chunk, chunk_images, errors, chunk_notes in parts:
-        good = [index for index, error in enumerate(errors) if error is None]
-        images[position : position + len(good)] = chunk_images[good]
+        bad = [index for index, error in enumerate(errors) if error is not None]
+        good = chunk_images if not bad else np.delete(chunk_images, bad, axis=0)
+        images[position : position + len(good)] = good
         position += len(good)
-        kept.extend(Path(chunk[index]) for index in good)
-        skipped.extend((Path(chunk[index]), error) for index, error in enumerate(errors) if error is not None)
+        chunk_files = files[start : start + len(chunk)]
+        kept.extend(path for index, path in enumerate(chunk_files) if not bad or errors[index] is None)
+        skipped.extend((chunk_files[index], errors[index]) for index in bad)
         notes.update(chunk_notes)
+        start += len(chunk)
     return images, kept, skipped, notes

@@ -135,6 +135,7 @@ def test_damaged_files_are_skipped_and_counted_or_refused_when_strict(tmp_path):
     assert [path.name for path, _ in skipped] == ["cut.jpg", "text.png"]
     assert "damaged or cut short" in skipped[0][1] and "not an image" in skipped[1][1]
     assert kept[10].name == "grey.png" and sum(notes.values()) == 1
+    np.testing.assert_array_equal(images, load_images(kept, (8, 8), workers=1, progress=False)[0])  # rows match kept
     with pytest.raises(DataError, match="cut.jpg.*strict"):
         load_images(paths, (8, 8), strict=True, workers=2, progress=False)
 
