@@ -8,8 +8,9 @@ before its first checkpoint: "restarted"). A run counts as resumed when its fina
 the reference's (same seed, same machine: the same numbers); anything else is lost.
 
 Lab: `cnnlab lab --quick --only <parts>`, killed at M random moments and run again. It counts as resumed
-when the rerun exits 0, every part is stored and passes its checksum, the report exists, and every part
-stored before the kill was reused byte for byte.
+when the rerun exits 0, every part is stored and passes its checksum, the report exists, every part
+stored before the kill was reused byte for byte, and every training run's history equals the reference
+run's (so a training killed midway went on from its checkpoint as if never stopped).
 
 Runs one process at a time with $CNNLAB_THREADS threads (default 1); a few minutes for the defaults of 5 and 3,
 about 15 minutes for 20 training kills and 20 for 10 lab kills of the cheap parts on a busy 2-core machine.
@@ -136,6 +137,11 @@ def train_campaign(kills: int, data: str, work: Path, env: dict, rng: random.Ran
     return kill_moments(kills, wall, command_for, env, rng, check, start=fit_began if during_fit else 0.0)
 
 
+def run_histories(out: Path) -> dict[str, list[dict[str, str]]]:
+    """The epoch history of every training run a lab folder holds, by run name."""
+    return {path.parent.name: history(path.parent) for path in out.glob("runs/*/history.csv")}
+
+
 def stored_parts(out: Path) -> dict[str, bytes]:
     folder = out / "parts"
     return {p.name: p.read_bytes() for p in folder.glob("*.json")} if folder.is_dir() else {}
@@ -150,7 +156,8 @@ def lab_campaign(kills: int, data: str, parts: list[str], work: Path, env: dict,
     if done.returncode != 0:
         sys.exit(f"the reference lab run failed:\n{done.stderr[-2000:]}")
     wall = time.perf_counter() - started
-    print(f"lab: reference run {wall:.0f} s, parts {parts}")
+    expected = run_histories(work / "lab-reference")
+    print(f"lab: reference run {wall:.0f} s, parts {parts}, training runs {sorted(expected)}")
 
     def command_for(index: int) -> list[str]:
         return cnnlab("lab", "--out", str(work / f"lab-{index}"), *arguments)
@@ -158,6 +165,7 @@ def lab_campaign(kills: int, data: str, parts: list[str], work: Path, env: dict,
     def check(index: int, moment: float) -> str:
         out = work / f"lab-{index}"
         before = stored_parts(out)
+        checkpointed = any(out.glob("runs/*/checkpoint*.pt"))  # a training run killed midway resumes from it
         rerun = run(command_for(index), env)
         after = stored_parts(out)
         try:
@@ -165,8 +173,12 @@ def lab_campaign(kills: int, data: str, parts: list[str], work: Path, env: dict,
         except CorruptPart:
             verified = False
         kept = all(after.get(name) == raw for name, raw in before.items())
-        if rerun.returncode == 0 and verified and kept and (out / "report.html").is_file():
-            return "resumed" if before else "restarted"
+        histories = run_histories(out)
+        trained_alike = histories.keys() == expected.keys() and all(
+            same_history(rows, expected[name]) for name, rows in histories.items()
+        )
+        if rerun.returncode == 0 and verified and kept and trained_alike and (out / "report.html").is_file():
+            return "resumed" if before or checkpointed else "restarted"
         print(f"  kill at {moment:.1f} s lost {out}: {rerun.stderr.strip()[-500:]}")
         return "lost"
 
@@ -177,7 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-kills", type=int, default=5)
     parser.add_argument("--lab-kills", type=int, default=3)
-    parser.add_argument("--lab-parts", nargs="+", default=["data", "device"], help="cheap parts to run and kill")
+    parser.add_argument(
+        "--lab-parts", nargs="+", default=["data", "device"], help="parts to run and kill (default: two cheap ones)"
+    )
     parser.add_argument("--data", default=os.environ.get("CNNLAB_CIFAR10"), help="CIFAR-10 archive ($CNNLAB_CIFAR10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument(
