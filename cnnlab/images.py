@@ -214,7 +214,7 @@ def load_images(
     """
     _check_modes(resize, color_mode)
     files = [Path(path) for path in paths]
-    names = [str(path) for path in files]  # what the workers get: strings pickle faster than paths
+    names = [str(path) for path in files]  # the workers get strings: smaller to pickle than Path objects
     if workers is None:
         from cnnlab.device import available_cores
 
@@ -259,7 +259,7 @@ def _assemble(parts: list, files: list[Path], size: tuple[int, int], color_mode:
         images[position : position + len(good)] = good
         position += len(good)
         chunk_files = files[start : start + len(chunk)]
-        kept.extend(path for index, path in enumerate(chunk_files) if not bad or errors[index] is None)
+        kept.extend(path for path, error in zip(chunk_files, errors, strict=True) if error is None)
         skipped.extend((chunk_files[index], errors[index]) for index in bad)
         notes.update(chunk_notes)
         start += len(chunk)
