@@ -13,7 +13,7 @@ DATA_ENV := CNNLAB_CIFAR10=$${CNNLAB_CIFAR10:-$(if $(wildcard $(SHARED)/datasets
 	CNNLAB_RESNET50_WEIGHTS=$${CNNLAB_RESNET50_WEIGHTS:-$$(bash scripts/fetch_resnet_weights.sh || true)}
 TEST_ENV := $(DATA_ENV) CNNLAB_SHARED=$${CNNLAB_SHARED:-$(SHARED_ABS)} CNNLAB_THREADS=$${CNNLAB_THREADS:-1}
 
-.PHONY: setup lab test lint clean
+.PHONY: setup lab test lint docs clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,17 @@ lab: $(STAMP)
 test: $(STAMP)
 	bash scripts/install_chromium.sh
 	$(BIN)/ruff check cnnlab tests benchmarks
+	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
 	$(TEST_ENV) $(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cnnlab tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check cnnlab tests benchmarks
+
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache

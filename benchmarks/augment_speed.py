@@ -102,7 +102,7 @@ def kornia_pipeline():
 
 def epoch_times(x, y, augment, rounds: int) -> dict[str, list[tuple[float, float]]]:
     """(wall, CPU) seconds of model B epochs without and with augment, alternating; one warm-up each first."""
-    from cnnlab.models import build_cnn
+    from cnnlab.models.cnn import build_cnn
 
     runs = {"no augmentation": None, "with augmentation": augment}
     models = {name: build_cnn(**MODEL_B, device="cpu", seed=0) for name in runs}
@@ -123,8 +123,8 @@ def medians(times: list[tuple[float, float]]) -> tuple[float, float]:
 
 def lab_images():
     """The lab's training images, or random ones of the same shape without CIFAR-10."""
-    from cnnlab.data import load_lab_data
-    from cnnlab.errors import CnnlabError
+    from cnnlab.core.errors import CnnlabError
+    from cnnlab.data.split import load_lab_data
 
     try:
         data = load_lab_data()
@@ -147,8 +147,8 @@ def main() -> None:
 
     import torch
 
-    from cnnlab.augment import Augmentation
-    from cnnlab.device import configure_threads
+    from cnnlab.core.runtime import configure_threads
+    from cnnlab.data.augment import Augmentation
 
     threads = configure_threads(args.threads)
     x, y, described = lab_images()

@@ -20,18 +20,21 @@ REPO = Path(__file__).resolve().parents[1]
 MEASURE = """
 import json, sys, time
 import numpy as np
-from cnnlab import data
+from pathlib import Path
+from cnnlab.core.files import cache_dir
+from cnnlab.data import cifar
+from cnnlab.data.cache import cache_key
 source = sys.argv[1]
-folder = data.cache_dir() / "cifar10" / data._cache_key(data.Path(source))
+folder = cache_dir() / "cifar10" / cache_key(Path(source))
 started = time.perf_counter()
 for name in ("x_train", "y_train", "x_test", "y_test"):
     np.load(folder / f"{name}.npy", mmap_mode="r")
 bare = time.perf_counter() - started
 started = time.perf_counter()
-data.load_cifar10(source)
+cifar.load_cifar10(source)
 first = time.perf_counter() - started
 started = time.perf_counter()
-data.load_cifar10(source)
+cifar.load_cifar10(source)
 again = time.perf_counter() - started
 print(json.dumps({"bare memory map": bare, "load_cifar10, checked": first, "load_cifar10 again": again}))
 """

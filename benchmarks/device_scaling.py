@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnlab.device import BENCHMARK_LAYER, configure_threads, measure_conv_throughput, plot_throughput
-from cnnlab.files import write_json
+from cnnlab.core.files import write_json
+from cnnlab.core.runtime import configure_threads
+from cnnlab.experiments.device_bench import BENCHMARK_LAYER, measure_conv_throughput, plot_throughput
 
 BATCH_SIZES = [2**power for power in range(11)]
 

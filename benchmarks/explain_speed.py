@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab import explain
-from cnnlab.device import configure_threads
-from cnnlab.models import LAB_MODELS, create_model
+from cnnlab.core.runtime import configure_threads
+from cnnlab.evaluate import explain, filters
+from cnnlab.models.cnn import LAB_MODELS
+from cnnlab.models.registry import create_model
 
 
 def seconds_per_call(action: Callable[[], object], repeats: int, least: float = 0.25) -> tuple[float, float]:
@@ -58,8 +59,8 @@ def report_figures(model, rng: np.random.Generator) -> None:
     test_labels = rng.integers(0, 10, 2000)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        explain.filter_grid(model, out / "filters.png")
-        explain.feature_map_figure(test_images[0], explain.feature_maps(model, test_images[0]), out / "maps.png")
+        filters.filter_grid(model, out / "filters.png")
+        filters.feature_map_figure(test_images[0], filters.feature_maps(model, test_images[0]), out / "maps.png")
         explain.overlay_figure(explain.grad_cam(model, test_images[:16]), out / "gradcam.png")
         losses = explain.top_losses(model, test_images, test_labels, k=12)
         explain.top_losses_figure(test_images, losses, path=out / "losses.png")
@@ -82,11 +83,11 @@ def main() -> None:
     once = time.perf_counter() - started
     rows.append(("lab CNN: all report figures (once)", once, once, float("nan")))
 
-    from cnnlab import pretrained
-    from cnnlab.errors import ConfigError, DataError
+    from cnnlab.core.errors import ConfigError, DataError
+    from cnnlab.models import resnet50_weights
 
     try:
-        resnet = pretrained.load_resnet50(args.weights, progress=False)
+        resnet = resnet50_weights.load_resnet50(args.weights, progress=False)
     except (ConfigError, DataError) as error:
         print(f"ResNet50 rows skipped: {error}")
     else:

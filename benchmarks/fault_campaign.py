@@ -148,7 +148,7 @@ def stored_parts(out: Path) -> dict[str, bytes]:
 
 
 def lab_campaign(kills: int, data: str, parts: list[str], work: Path, env: dict, rng: random.Random) -> dict:
-    from cnnlab.lab import CorruptPart, read_stored_part
+    from cnnlab.lab.store import CorruptPart, read_stored_part
 
     arguments = ["--quick", "--no-carbon", "--data", data, "--only", *parts]
     started = time.perf_counter()
@@ -208,7 +208,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cnnlab-faults-") as folder:
         work = Path(folder)
         env = environment(work / "cache")
-        warm = [sys.executable, "-c", "import sys; from cnnlab.data import load_cifar10; load_cifar10(sys.argv[1])"]
+        warm = [sys.executable, "-c", "import sys; from cnnlab import load_cifar10; load_cifar10(sys.argv[1])"]
         run([*warm, args.data], env)  # decode once into the cache, so the reference run's time is a later run's
         train = (
             train_campaign(args.train_kills, args.data, work, env, rng, args.during_fit) if args.train_kills else None

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlab.data import CLASS_NAMES, load_cifar10
-from cnnlab.datasets import load_dataset
-from cnnlab.device import available_cores
-from cnnlab.images import load_images
+from cnnlab.core.runtime import available_cores
+from cnnlab.data.cifar import CLASS_NAMES, load_cifar10
+from cnnlab.data.images import load_images
+from cnnlab.data.load import load_dataset
 
 KERAS_SCRIPT = """
 import json, sys, time

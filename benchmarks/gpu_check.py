@@ -28,7 +28,8 @@ def peak_memory() -> str:
 
 
 def device_rows() -> None:
-    from cnnlab.device import batch_speedup_answer, describe_devices, measure_conv_throughput
+    from cnnlab.core.runtime import describe_devices
+    from cnnlab.experiments.device_bench import batch_speedup_answer, measure_conv_throughput
 
     section("Devices and conv throughput (lab part 2)")
     for info in describe_devices():
@@ -42,8 +43,9 @@ def device_rows() -> None:
 
 
 def lab_model_b(epochs: int) -> None:
-    from cnnlab.data import load_lab_data
-    from cnnlab.models import LAB_MODELS, create_model
+    from cnnlab.data.split import load_lab_data
+    from cnnlab.models.cnn import LAB_MODELS
+    from cnnlab.models.registry import create_model
 
     section(f"Lab model B, {epochs} epochs, batch 128, CUDA with mixed precision")
     data = load_lab_data(dtype="uint8")
@@ -59,8 +61,8 @@ def lab_model_b(epochs: int) -> None:
 
 
 def gpu_recipe(seed: int) -> None:
-    from cnnlab.data import load_lab_data
-    from cnnlab.recipes import train_recipe
+    from cnnlab.data.split import load_lab_data
+    from cnnlab.experiments.recipes import train_recipe
 
     section("Recipe 'gpu' on the whole of CIFAR-10")
     data = load_lab_data(n_train_val=50_000, n_test=10_000, val_fraction=0.02, dtype="uint8")

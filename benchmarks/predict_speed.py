@@ -22,12 +22,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cnnlab.data import load_cifar10, scale_images
-from cnnlab.device import configure_threads
-from cnnlab.export import INPUT_NAME, export_onnx
-from cnnlab.models import LAB_MODELS, create_model
-from cnnlab.predict import predict_images
-from cnnlab.recipes import build_recipe_model
+from cnnlab.core.runtime import configure_threads
+from cnnlab.data.arrays import scale_images
+from cnnlab.data.cifar import load_cifar10
+from cnnlab.evaluate.export import INPUT_NAME, export_onnx
+from cnnlab.evaluate.predict import predict_images
+from cnnlab.experiments.recipes import build_recipe_model
+from cnnlab.models.cnn import LAB_MODELS
+from cnnlab.models.registry import create_model
 
 
 def seconds(action: Callable[[], object], repeats: int = 1) -> float:

@@ -32,14 +32,14 @@ def cpu_seconds() -> float:
 
 def energy_callbacks() -> list:
     try:
-        from cnnlab.carbon import CarbonCallback
+        from cnnlab.carbon.tracker import CarbonCallback
     except ImportError:
         return []
     return [CarbonCallback(verbose=False)]
 
 
 def measure(data, name: str, seed: int, device: str) -> dict:
-    from cnnlab.recipes import train_recipe
+    from cnnlab.experiments.recipes import train_recipe
 
     callbacks = energy_callbacks()
     load_before, cpu_before = os.getloadavg()[0], cpu_seconds()
@@ -61,8 +61,8 @@ def main() -> None:
 
     import torch
 
-    from cnnlab.data import load_lab_data
-    from cnnlab.device import configure_threads, cpu_model_name
+    from cnnlab.core.runtime import configure_threads, cpu_model_name
+    from cnnlab.data.split import load_lab_data
 
     threads = configure_threads(args.threads)
     data = load_lab_data()

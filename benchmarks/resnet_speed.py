@@ -21,8 +21,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from cnnlab import files, pretrained
-from cnnlab.device import configure_threads
+from cnnlab.core import files
+from cnnlab.core.runtime import configure_threads
+from cnnlab.evaluate import imagenet
+from cnnlab.experiments import transfer
+from cnnlab.models import resnet50_weights
 
 
 def median_seconds(action: Callable[[], object], repeats: int) -> float:
@@ -51,27 +54,27 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,96,128,160,224", help="feature-extraction sizes, comma-separated")
     args = parser.parse_args()
     threads = configure_threads(args.threads)
-    source = pretrained.resolve_weights_path(args.weights)
+    source = resnet50_weights.resolve_weights_path(args.weights)
     rows: list[tuple[str, str]] = []
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ[files.CACHE_ENV] = cache  # a fresh cache: the first load converts, later ones read it
-        convert = median_seconds(lambda: pretrained.load_resnet50(source, use_cache=False, progress=False), 3)
-        model = pretrained.load_resnet50(source, progress=False)
-        cached = median_seconds(lambda: pretrained.load_resnet50(source, progress=False), args.repeats)
+        convert = median_seconds(lambda: resnet50_weights.load_resnet50(source, use_cache=False, progress=False), 3)
+        model = resnet50_weights.load_resnet50(source, progress=False)
+        cached = median_seconds(lambda: resnet50_weights.load_resnet50(source, progress=False), args.repeats)
     rows.append((f"load weights from {source.name} (read, verify, convert)", f"{convert:.2f} s"))
     rows.append(("load weights from the safetensors cache", f"{cached:.2f} s"))
 
     rng = np.random.default_rng(0)
     photos = rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
     for batch in (1, 16):
-        seconds = median_seconds(lambda batch=batch: pretrained.predict(model, photos[:batch], batch), args.repeats)
+        seconds = median_seconds(lambda batch=batch: imagenet.predict(model, photos[:batch], batch), args.repeats)
         rows.append((f"classify 224 x 224, batch {batch}", f"{batch / seconds:.1f} photos/s"))
 
     cifar_like = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     for size in map(int, args.sizes.split(",")):
         seconds = median_seconds(
-            lambda size=size: pretrained.extract_features(model, cifar_like, size, progress=False),
+            lambda size=size: transfer.extract_features(model, cifar_like, size, progress=False),
             max(1, args.repeats // 2),
         )
         rows.append((f"transfer features, 32 -> {size} px, batch 32", f"{len(cifar_like) / seconds:.1f} images/s"))

@@ -4,7 +4,7 @@
 
 1. Peak: the best GFLOP/s of a matrix product (square, 256..2048) and of a 3x3 convolution
    (channels_last, the recipe network's layer shapes, several batch sizes), over thread counts 1..N,
-   in float32 and, on CPUs with bfloat16 units (cnnlab.device.cpu_has_bf16), in bfloat16 too.
+   in float32 and, on CPUs with bfloat16 units (cnnlab.core.runtime.cpu_has_bf16), in bfloat16 too.
 2. Work: floating-point operations of one training step (forward and backward) of the lab's model A,
    model B and the recipe network, counted by torch.utils.flop_counter.FlopCounterMode (convolutions
    and matrix products; BatchNorm, activations and the optimizer count as zero, as in most FLOP
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab.device import available_cores, configure_threads, cpu_has_bf16
+from cnnlab.core.runtime import available_cores, configure_threads, cpu_has_bf16
 
 GROUPS = {  # operator-name fragments -> group; the first match wins
     "conv": ("conv",),
@@ -98,8 +98,9 @@ def peaks(max_threads: int, dtypes: list[torch.dtype]) -> dict[tuple[str, torch.
 
 def lab_models(x: np.ndarray):
     """(name, model, batch size, augmentation) for the three trainings measured."""
-    from cnnlab.models import build_cnn
-    from cnnlab.recipes import RECIPES, CropFlip, build_model
+    from cnnlab.data.crop_flip import CropFlip
+    from cnnlab.experiments.recipes import RECIPES, build_model
+    from cnnlab.models.cnn import build_cnn
 
     fast = RECIPES["fast"]
     return [

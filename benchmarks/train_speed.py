@@ -115,9 +115,9 @@ def main() -> None:
         return keras_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     import torch
 
-    from cnnlab.data import load_lab_data
-    from cnnlab.device import configure_threads
-    from cnnlab.models import build_cnn
+    from cnnlab.core.runtime import configure_threads
+    from cnnlab.data.split import load_lab_data
+    from cnnlab.models.cnn import build_cnn
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)

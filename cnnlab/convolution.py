@@ -4,6 +4,7 @@
 2-D kernel to each channel of a colour image. ``conv_layer_response`` runs the same arithmetic through
 a PyTorch ``Conv2d`` layer, which computes cross-correlation (no flip) with kernels that span all input
 channels; ``compare_with_cnn_layer`` shows the two agree only once the kernel is flipped.
+
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import signal
 
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.core.errors import ConfigError, DataError
 
 MODES = ("full", "same", "valid")
+
 
 # The lab's edge filters: SOBEL_X responds to vertical edges, SOBEL_Y to horizontal ones.
 SOBEL_X = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=np.float64)
@@ -28,11 +30,14 @@ SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=np.float64)
 SOBEL_X.flags.writeable = False
 SOBEL_Y.flags.writeable = False
 
+
 FILTER_SPEC_HELP = (
     "gaussian:SIZE,SIGMA (SIZE is N or RxC, e.g. gaussian:15,4), sobel-x, sobel-y, "
     "kernel:ROW;ROW;... with comma-separated values (e.g. 'kernel:1,0,-1;2,0,-2;1,0,-1'), "
     "or a kernel file (.npy, or .txt/.csv with one row per line)"
 )
+
+
 ASCENT_HELP = "pass an IMAGE path instead (any PNG/JPEG/...), e.g. `cnnlab convolve photo.jpg`"
 
 
@@ -335,7 +340,7 @@ def plot_responses(image: np.ndarray, responses: Mapping[str, np.ndarray], path:
     """
     from matplotlib.figure import Figure
 
-    from cnnlab.plots import save_figure  # imported here: it loads pyplot, which only figures need
+    from cnnlab.plots import save_figure
 
     panels = [("original", np.asarray(image, dtype=np.float64), False)]
     panels += [(name, np.abs(response), True) for name, response in responses.items()]

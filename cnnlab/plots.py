@@ -2,6 +2,7 @@
 
 Every function returns the matplotlib Figure and, given ``path``, also writes a PNG atomically.
 The Agg backend is used so figures render on servers and in CI without a display.
+
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from cnnlab.files import atomic_write  # noqa: E402
+from cnnlab.core.files import atomic_write
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -31,7 +32,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
-def _finish(fig: Figure, path) -> Figure:
+def finish_figure(fig: Figure, path) -> Figure:
     if path is not None:
         save_figure(fig, path)
     return fig
@@ -53,7 +54,7 @@ def plot_results(history, path: str | os.PathLike | None = None, title: str | No
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def to_display(images: np.ndarray) -> np.ndarray:
@@ -66,7 +67,7 @@ def to_display(images: np.ndarray) -> np.ndarray:
 
 def _names(class_names: Sequence[str] | None, labels) -> Sequence[str]:
     """Names to title images with: the given ones, else the class numbers the labels use."""
-    from cnnlab.evaluation import class_labels  # here: evaluation loads torch, most figures need none
+    from cnnlab.data.arrays import class_labels
 
     if class_names is not None:
         return class_names
@@ -96,7 +97,7 @@ def image_grid(
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def sample_grid(
@@ -141,8 +142,8 @@ def augmentation_preview(
 ) -> Figure:
     """One row per image: the original, then ``variants`` augmented versions of it (each drawn anew).
     ``images`` are uint8 or floats in [-1, 1]; the augmentation works on the lab's [-1, 1] scale."""
-    from cnnlab.augment import augment_array  # here, so the other figures need no torch
-    from cnnlab.data import scale_images
+    from cnnlab.data.arrays import scale_images
+    from cnnlab.data.augment import augment_array
 
     originals = np.asarray(images)[:count]
     originals = scale_images(originals) if originals.dtype == np.uint8 else originals.astype(np.float32)
@@ -183,7 +184,7 @@ def confusion_matrix_figure(
     in up to 20 classes; beyond that the figure grows with the class count and shows colours only."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from cnnlab.evaluation import class_labels
+    from cnnlab.data.arrays import class_labels
 
     matrix = np.asarray(matrix)
     count = len(matrix)
@@ -200,4 +201,4 @@ def confusion_matrix_figure(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish_figure(fig, path)

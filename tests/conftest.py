@@ -18,7 +18,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
     """Apply $CNNLAB_THREADS once: torch otherwise takes every core and spin-waits on a busy machine."""
-    from cnnlab.device import configure_threads
+    from cnnlab.core.runtime import configure_threads
 
     configure_threads()
 

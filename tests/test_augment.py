@@ -7,11 +7,11 @@ import pytest
 import scipy.ndimage
 import torch
 
-from cnnlab.augment import Augmentation, affine_warp, augment_array, parse_augment_spec
-from cnnlab.data import CLASS_NAMES
-from cnnlab.device import configure_threads
-from cnnlab.errors import ConfigError, DataError
-from cnnlab.models import build_cnn
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.core.runtime import configure_threads
+from cnnlab.data.augment import Augmentation, affine_warp, augment_array, parse_augment_spec
+from cnnlab.data.cifar import CLASS_NAMES
+from cnnlab.models.cnn import build_cnn
 from cnnlab.plots import augmentation_preview
 
 

@@ -18,10 +18,13 @@ import pytest
 from conftest import require_path
 from PIL import Image
 
-from cnnlab.evaluation import misclassified
-from cnnlab.lab import LabContext, Section, p1_convolution, p3_data, p4_cnn, p5_generalization, p7_resnet, run_parts
-from cnnlab.pretrained import ResNet50
-from cnnlab.report import ReportInfo, write_report
+from cnnlab.evaluate.metrics import misclassified
+from cnnlab.lab import p1_convolution, p3_data, p4_cnn, p5_generalization, p7_resnet
+from cnnlab.lab.context import LabContext
+from cnnlab.lab.report import ReportInfo, write_report
+from cnnlab.lab.runner import run_parts
+from cnnlab.lab.store import Section
+from cnnlab.models.resnet50 import ResNet50
 
 pytestmark = pytest.mark.browser
 

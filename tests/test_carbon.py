@@ -12,28 +12,16 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from cnnlab import carbon
-from cnnlab.carbon import (
-    CAR_G_CO2EQ_PER_KM,
-    ESTIMATED,
-    MEASURED,
-    USER_GIVEN,
-    CarbonCallback,
-    CarbonSettings,
-    EpochEnergy,
-    PowerSource,
-    carbon_sweep,
-    format_sweep_table,
-    overall_method,
-    plot_carbon_sweep,
-    predict,
-    write_sweep_csv,
-)
+from cnnlab.carbon.meters import EpochEnergy, PowerSource, overall_method
+from cnnlab.carbon.settings import CAR_G_CO2EQ_PER_KM, ESTIMATED, MEASURED, USER_GIVEN, CarbonSettings
+from cnnlab.carbon.tracker import CarbonCallback, predict
 from cnnlab.cli import main
-from cnnlab.data import LabData
-from cnnlab.device import configure_threads
-from cnnlab.errors import ConfigError
-from cnnlab.models import build_cnn
+from cnnlab.core.errors import ConfigError
+from cnnlab.core.runtime import configure_threads
+from cnnlab.data.split import LabData
+from cnnlab.experiments import carbon_sweep as sweep
+from cnnlab.experiments.carbon_sweep import carbon_sweep, format_sweep_table, plot_carbon_sweep, write_sweep_csv
+from cnnlab.models.cnn import build_cnn
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -242,7 +230,7 @@ def test_carbon_sweep_rows_table_csv_and_plot(tmp_path, monkeypatch):
     # A rerun (after a kill) reuses the batch sizes that finished and trains only the others.
     (tmp_path / "batch-48" / "sweep_rows.json").unlink()
     trained = []
-    monkeypatch.setattr(carbon, "_sweep_one", lambda data, batch, *args: trained.append(batch) or rows[2:])
+    monkeypatch.setattr(sweep, "_sweep_one", lambda data, batch, *args: trained.append(batch) or rows[2:])
     assert carbon_sweep(data, (16, 48), (2, 1), settings, device="cpu", out_dir=tmp_path, progress=False) == rows
     assert trained == [48]
     carbon_sweep(data, (16,), (3,), settings, device="cpu", out_dir=tmp_path, progress=False)

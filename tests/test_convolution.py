@@ -29,8 +29,8 @@ from cnnlab.convolution import (
     load_image,
     output_shape,
 )
-from cnnlab.device import configure_threads
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.core.runtime import configure_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,7 +218,7 @@ def test_ascent_offline_error_and_cache_path_read_at_call_time(tmp_path):
         "assert 'scipy.datasets' not in sys.modules, 'scipy.datasets imported too early'\n"
         f"os.environ['XDG_CACHE_HOME'] = {str(empty_cache)!r}\n"
         "from cnnlab.convolution import load_ascent\n"
-        "from cnnlab.errors import DataError\n"
+        "from cnnlab.core.errors import DataError\n"
         "try:\n    load_ascent()\nexcept DataError as error:\n    print(error)\n"
     )
     closed_port = "http://127.0.0.1:9"  # nothing listens there, so any download fails at once

@@ -12,17 +12,11 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from cnnlab.data import (
-    CLASS_NAMES,
-    LabData,
-    class_counts,
-    load_cifar10,
-    load_lab_data,
-    scale_images,
-    to_categorical,
-    validate_arrays,
-)
-from cnnlab.errors import DataError
+from cnnlab.core.errors import DataError
+from cnnlab.data.arrays import class_counts, scale_images, to_categorical
+from cnnlab.data.cifar import CLASS_NAMES, accuracy_caveat, load_cifar10, unofficial_copy
+from cnnlab.data.dataset import validate_arrays
+from cnnlab.data.split import LabData, load_lab_data
 
 LAB_COUNTS = [1005, 974, 1032, 1016, 999, 937, 1030, 1001, 1025, 981]
 
@@ -67,7 +61,23 @@ def test_lab_split_of_cifar10_is_the_labs_own(cifar10_archive, session_cache):
     np.testing.assert_array_equal(data.x_val, x_val)
     np.testing.assert_array_equal(data.y_val, y_val)
     np.testing.assert_array_equal(data.x_test, x_test[:2000])
-    assert data.x_train.dtype == np.uint8 and "not the official archive" in data.summary()
+    assert data.x_train.dtype == np.uint8 and "(a lossy copy of CIFAR-10: it costs about 4-5" in data.summary()
+
+
+@pytest.mark.parametrize(
+    ("source", "copy", "caveat"),
+    [
+        ({"kind": "cifar10", "source": "/d/cifar-10-binary.tar.gz", "official": True}, None, ""),
+        ({"kind": "cifar10", "source": "/d/cifar-10-lossy.tar.xz", "official": False}, "lossy", "4-5 accuracy points"),
+        ({"kind": "cifar10", "source": "/d/my.tar.gz", "official": False}, "unverified", "not the official archive"),
+        ({"kind": "cifar100", "source": "/d/c100.tar.gz", "official": None}, "unverified", "copy of CIFAR-100"),
+        ({"kind": "folder", "source": "/d/photos", "official": None}, None, ""),
+        (None, None, ""),
+    ],
+)
+def test_one_rule_says_which_data_needs_an_accuracy_caveat(source, copy, caveat):
+    assert unofficial_copy(source) == copy
+    assert caveat in accuracy_caveat(source) and bool(accuracy_caveat(source)) == bool(copy)
 
 
 def test_validate_arrays_for_other_data_sets():
@@ -76,7 +86,7 @@ def test_validate_arrays_for_other_data_sets():
     with pytest.raises(DataError, match=r"labels outside 0..2 "):
         validate_arrays(arrays, "grey", num_classes=3, image_shape=None)
     with pytest.raises(DataError, match=r"shape \(N, 32, 32, 3\)"):
-        validate_arrays(arrays, "cifar")
+        validate_arrays(arrays, "cifar", 10, (32, 32, 3))
 
 
 def test_old_positional_lab_data_gets_names_and_shape():
@@ -167,7 +177,7 @@ def test_env_variable_is_used(tmp_path, monkeypatch):
 def test_offline_without_source_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CNNLAB_CIFAR10", raising=False)
-    monkeypatch.setattr("cnnlab.data.OFFICIAL_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    monkeypatch.setattr("cnnlab.data.cifar.OFFICIAL_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     with pytest.raises(DataError, match="could not be downloaded.*CNNLAB_CIFAR10"):
         load_cifar10()
     with pytest.raises(DataError, match="downloads are off.*--data PATH"):

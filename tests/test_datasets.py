@@ -13,11 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cnnlab.datasets
+import cnnlab.data.dataset
+import cnnlab.data.folders
+import cnnlab.data.images
 from cnnlab.cli._data import add_data_options, dataset_from_args, lab_data_from_args, parse_image_size
-from cnnlab.data import CLASS_NAMES, load_cifar10, load_lab_data
-from cnnlab.datasets import ImageDataset, load_dataset
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.data.cifar import CLASS_NAMES, load_cifar10
+from cnnlab.data.dataset import ImageDataset
+from cnnlab.data.load import load_dataset
+from cnnlab.data.split import load_lab_data
 
 CLASSES = ("air plane", "chat noir", "oiseau bleu", "Ölgemälde")  # spaces and non-ASCII letters
 
@@ -94,13 +98,13 @@ def test_lab_split_of_a_folder_is_stratified_with_a_held_out_test_share(real_fol
 
 def test_second_load_reads_the_cache_without_decoding(real_folder, monkeypatch):
     calls = []
-    decode = cnnlab.datasets.load_images
+    decode = cnnlab.data.images.load_images
 
     def counting(*args, **kwargs):
         calls.append(len(args[0]))
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(cnnlab.datasets, "load_images", counting)
+    monkeypatch.setattr(cnnlab.data.folders, "load_images", counting)
     first = load_dataset(real_folder, image_size=32)
     second = load_dataset(real_folder, image_size=32)
     assert len(calls) == 1
@@ -235,14 +239,14 @@ def test_memory_limit_refuses_before_decoding_and_names_a_size(tmp_path, monkeyp
     for name in ("a", "b"):
         _images(tmp_path / "d" / name, 5)
     monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "3000")  # bytes: 10 images x 3 channels fit 10 x 10
-    monkeypatch.setattr(cnnlab.datasets, "load_images", None)  # decoding would fail loudly
+    monkeypatch.setattr(cnnlab.data.folders, "load_images", None)  # decoding would fail loudly
     with pytest.raises(DataError, match=r"over the limit of 0.00 GB; use --image-size 10 or smaller"):
         load_dataset(tmp_path / "d", image_size=64)
     monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "lots")
     with pytest.raises(ConfigError, match="neither bytes nor GB"):
         load_dataset(tmp_path / "d", image_size=64)
     monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "0.5GB")
-    assert cnnlab.datasets.memory_limit() == 500_000_000
+    assert cnnlab.data.dataset.memory_limit() == 500_000_000
     assert _no_partial_writes(private_cache)
 
 

@@ -10,17 +10,9 @@ import pytest
 import torch
 
 from cnnlab.cli import main
-from cnnlab.device import (
-    Throughput,
-    available_cores,
-    batch_speedup_answer,
-    configure_threads,
-    cpu_model_name,
-    describe_devices,
-    measure_conv_throughput,
-    plot_throughput,
-)
-from cnnlab.errors import ConfigError
+from cnnlab.core.errors import ConfigError
+from cnnlab.core.runtime import available_cores, configure_threads, cpu_model_name, describe_devices
+from cnnlab.experiments.device_bench import Throughput, batch_speedup_answer, measure_conv_throughput, plot_throughput
 
 TINY = {"repeats": 1, "image_size": 8, "min_sample_seconds": 0.001, "progress": False}
 

@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnlab.data import CLASS_NAMES, load_lab_data, to_categorical
-from cnnlab.device import configure_threads
-from cnnlab.errors import ConfigError, DataError
-from cnnlab.evaluation import (
-    confusion_matrix,
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.core.runtime import configure_threads
+from cnnlab.core.tables import markdown_table
+from cnnlab.data.arrays import to_categorical
+from cnnlab.data.cifar import CLASS_NAMES
+from cnnlab.data.split import load_lab_data
+from cnnlab.evaluate.generalization import (
     evaluate_rotated,
     evaluate_sizes,
-    markdown_table,
-    misclassified,
     myrotate,
-    per_class_accuracy,
     resize_images,
     rotation_robustness_table,
 )
-from cnnlab.models import build_cnn
+from cnnlab.evaluate.metrics import confusion_matrix, misclassified, per_class_accuracy
+from cnnlab.models.cnn import build_cnn
 from cnnlab.plots import confusion_matrix_figure, misclassified_gallery, rotation_preview
 
 

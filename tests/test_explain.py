@@ -17,12 +17,12 @@ from conftest import require_path
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnlab import explain
 from cnnlab.cli import main
 from cnnlab.convolution import SOBEL_X, SOBEL_Y, gaussian_kernel
-from cnnlab.data import CLASS_NAMES
-from cnnlab.errors import ConfigError, DataError
-from cnnlab.models import build_cnn
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.data.cifar import CLASS_NAMES
+from cnnlab.evaluate import explain, filters
+from cnnlab.models.cnn import build_cnn
 
 
 def tiny_network() -> nn.Sequential:
@@ -88,7 +88,7 @@ def planted_conv() -> nn.Conv2d:
 
 
 def test_planted_sobel_and_gaussian_are_matched():
-    rows = explain.match_filters(planted_conv())
+    rows = filters.match_filters(planted_conv())
     assert [(r.best, r.category) for r in rows[:3]] == [
         ("sobel 0°", "edge"),
         ("sobel 270°", "edge"),
@@ -97,42 +97,42 @@ def test_planted_sobel_and_gaussian_are_matched():
     assert rows[0].similarity == pytest.approx(1.0) and rows[0].colour_share == pytest.approx(0.0)
     assert rows[3].category == "colour" and rows[3].colour_share == pytest.approx(1.0)
     assert rows[4].category == "colour" and rows[4].colour_share == pytest.approx(2 / 3)
-    assert explain.summarize_filters(rows) == {"edge": 2, "blur": 1, "colour": 2, "other": 0}
-    assert "| 0 | sobel 0° | 1.00 | 0.00 | edge |" in explain.filter_table(rows)
+    assert filters.summarize_filters(rows) == {"edge": 2, "blur": 1, "colour": 2, "other": 0}
+    assert "| 0 | sobel 0° | 1.00 | 0.00 | edge |" in filters.filter_table(rows)
 
 
 def test_first_conv_is_found_in_a_lab_cnn_and_filter_grid_is_drawn(tmp_path):
     model = build_cnn(n_conv_layers=2, n_filters=4, device="cpu")
-    name, conv = explain.first_conv(model)
+    name, conv = filters.first_conv(model)
     assert name == "conv2d_1" and conv.weight.shape == (4, 3, 3, 3)
     with torch.no_grad():
         conv.weight[0] = torch.tensor(np.stack([SOBEL_Y] * 3))
-    assert explain.match_filters(model)[0].best == "sobel 90°"
-    explain.filter_grid(model, tmp_path / "filters.png")
+    assert filters.match_filters(model)[0].best == "sobel 90°"
+    filters.filter_grid(model, tmp_path / "filters.png")
     assert (tmp_path / "filters.png").stat().st_size > 5_000
 
 
 def test_recipe_whitening_filters_are_matched_at_their_2x2_size():
-    from cnnlab.recipes import RecipeNet
+    from cnnlab.models.recipe_net import RecipeNet
 
     network = RecipeNet((32, 128, 256))
     network.init_whitening(torch.tensor(random_images(64, 16)).permute(0, 3, 1, 2))
-    name, conv = explain.first_conv(network)
-    rows = explain.match_filters(network)
+    name, conv = filters.first_conv(network)
+    rows = filters.match_filters(network)
     assert name == "whiten" and len(rows) == conv.out_channels == 24
-    assert {r.best for r in rows} <= set(explain.classical_filters((2, 2)))
-    assert "laplacian" not in explain.classical_filters((2, 2))  # no centre pixel at an even size
-    assert sum(explain.summarize_filters(rows).values()) == 24
+    assert {r.best for r in rows} <= set(filters.classical_filters((2, 2)))
+    assert "laplacian" not in filters.classical_filters((2, 2))  # no centre pixel at an even size
+    assert sum(filters.summarize_filters(rows).values()) == 24
 
 
 def test_feature_maps_have_the_block_shapes_after_pooling(tmp_path):
     model = build_cnn(n_conv_layers=3, n_filters=4, device="cpu")
-    blocks = explain.feature_maps(model, random_images(1, 32)[0], channels=6)
+    blocks = filters.feature_maps(model, random_images(1, 32)[0], channels=6)
     assert [b.name for b in blocks] == ["max_pooling2d_1", "max_pooling2d_2", "max_pooling2d_3"]
     assert [b.shape for b in blocks] == [(16, 16, 4), (8, 8, 8), (4, 4, 16)]
     assert [b.maps.shape for b in blocks] == [(4, 16, 16), (6, 8, 8), (6, 4, 4)]
     assert all(list(b.mean_activation) == sorted(b.mean_activation, reverse=True) for b in blocks)
-    explain.feature_map_figure(random_images(1, 32)[0], blocks, tmp_path / "maps.png")
+    filters.feature_map_figure(random_images(1, 32)[0], blocks, tmp_path / "maps.png")
     assert (tmp_path / "maps.png").exists()
 
 
@@ -207,7 +207,7 @@ def test_images_of_the_wrong_size_for_a_flatten_model_are_refused():
 @pytest.fixture(scope="module")
 def run_folder(cifar10_archive, session_cache, tmp_path_factory) -> Path:
     """A lab CNN trained for one epoch on 300 CIFAR-10 images, saved as a run folder."""
-    from cnnlab.data import load_lab_data
+    from cnnlab.data.split import load_lab_data
 
     data = load_lab_data(cifar10_archive, n_train_val=400, n_test=100)
     model = build_cnn(n_conv_layers=2, n_filters=8, device="cpu")

@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime  # the `onnx` extra, part of `dev`: CI must run the parity check, so no skip
 import pytest
 
-from cnnlab.data import CLASS_NAMES
-from cnnlab.export import INPUT_NAME, PARITY_TOLERANCE, check_images, export_onnx, read_metadata
-from cnnlab.models import build_cnn
-from cnnlab.recipes import build_recipe_model
+from cnnlab.data.cifar import CLASS_NAMES
+from cnnlab.evaluate.export import INPUT_NAME, PARITY_TOLERANCE, check_images, export_onnx, read_metadata
+from cnnlab.experiments.recipes import build_recipe_model
+from cnnlab.models.cnn import build_cnn
 
 
 def _trained_ish(model):

@@ -26,19 +26,23 @@ import torch
 from PIL import Image
 from tiny_cifar import write_tiny_cifar
 
-from cnnlab import data as cifar
-from cnnlab.callbacks import CHECKPOINT, PREVIOUS_CHECKPOINT, BackupAndRestore, read_checkpoint
 from cnnlab.cli import main
-from cnnlab.errors import DataError, FolderLocked, user_os_error
-from cnnlab.files import atomic_write, write_json
-from cnnlab.lab import LabContext, Section, read_stored_part, run_parts
-from cnnlab.locks import LOCK_NAME, folder_lock
-from cnnlab.models import load_model
+from cnnlab.core import files
+from cnnlab.core.errors import DataError, FolderLocked, user_os_error
+from cnnlab.core.files import atomic_write, write_json
+from cnnlab.core.locks import LOCK_NAME, folder_lock
+from cnnlab.data import cache, cifar
+from cnnlab.lab.context import LabContext
+from cnnlab.lab.runner import run_parts
+from cnnlab.lab.store import Section, read_stored_part
+from cnnlab.models.registry import load_model
+from cnnlab.train.callbacks import BackupAndRestore
+from cnnlab.train.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD_LOCK = """
 import sys, time
-from cnnlab.locks import folder_lock
+from cnnlab.core.locks import folder_lock
 with folder_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -185,7 +189,7 @@ def test_a_stale_record_is_not_trusted(tmp_path):
 
 
 def test_the_caches_wait_their_turn(held_folder):
-    from cnnlab.locks import cache_lock
+    from cnnlab.core.locks import cache_lock
 
     folder, holder = held_folder
     with pytest.raises(FolderLocked, match="after waiting"), folder_lock(folder, what="data cache", wait=0.3):
@@ -269,11 +273,11 @@ def _fake_part(size: int):
 
 
 def test_full_disk_during_a_lab_part_is_one_line_and_keeps_the_finished_parts(full_disk, monkeypatch, capsys):
-    import cnnlab.lab
+    import cnnlab.lab.runner
 
     out = full_disk / "report"
     monkeypatch.setattr(
-        cnnlab.lab, "discover_parts", lambda: [("small", _fake_part(100)), ("big", _fake_part(400_000))]
+        cnnlab.lab.runner, "discover_parts", lambda: [("small", _fake_part(100)), ("big", _fake_part(400_000))]
     )
     assert main(["lab", "--tiny", "--out", str(out)]) == 2
     error = _one_line_error(capsys, "lab")
@@ -292,7 +296,8 @@ def test_full_disk_in_the_data_cache_leaves_no_entry(full_disk, tmp_path, monkey
 
 
 def test_full_disk_in_the_weights_cache_keeps_the_file_there(full_disk):
-    from cnnlab.pretrained import ResNet50, save_weights
+    from cnnlab.models.resnet50 import ResNet50
+    from cnnlab.models.resnet50_weights import save_weights
 
     target = full_disk / "resnet50" / "resnet50-cached.safetensors"
     target.parent.mkdir()
@@ -334,7 +339,7 @@ def test_a_damaged_data_cache_is_decoded_again_with_a_warning(tmp_path, damage, 
     archive = write_tiny_cifar(tmp_path / "cifar.tar.gz")
     (x_train, y_train), _ = cifar.load_cifar10(archive)
     expected = np.array(x_train)
-    entry = cifar.cache_dir() / "cifar10" / cifar._cache_key(archive)
+    entry = files.cache_dir() / "cifar10" / cache.cache_key(archive)
     npy = entry / "x_train.npy"
     raw = npy.read_bytes()
     damaged = {
@@ -354,8 +359,8 @@ def test_the_cache_checksum_is_computed_once_per_process(tmp_path, monkeypatch):
     archive = write_tiny_cifar(tmp_path / "cifar.tar.gz")
     cifar.load_cifar10(archive)  # decodes and writes the entry
     computed = []
-    crc32 = cifar._file_crc32
-    monkeypatch.setattr(cifar, "_file_crc32", lambda path: computed.append(path.name) or crc32(path))
+    crc32 = cache._file_crc32
+    monkeypatch.setattr(cache, "_file_crc32", lambda path: computed.append(path.name) or crc32(path))
     cifar.load_cifar10(archive)
     assert sorted(computed) == ["x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
     cifar.load_cifar10(archive)
@@ -413,7 +418,7 @@ def test_a_damaged_study_database_is_one_line(tmp_path, capsys, damage):
 
 
 def test_fresh_sets_the_study_aside(tmp_path):
-    from cnnlab.tuning import set_aside_study
+    from cnnlab.experiments.tune.study import set_aside_study
 
     database = tmp_path / "study.db"
     database.write_bytes(b"damaged")

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from tiny_cifar import tiny_cifar100_bytes, tiny_cifar_bytes
 
-from cnnlab.data import load_cifar10
-from cnnlab.datasets import load_dataset
-from cnnlab.errors import ConfigError, DataError
-from cnnlab.locks import LOCK_NAME
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.core.locks import LOCK_NAME
+from cnnlab.data.cifar import load_cifar10
+from cnnlab.data.load import load_dataset
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CIFAR10 = tiny_cifar_bytes(images_per_batch=2)

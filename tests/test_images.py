@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.errors import ConfigError, DataError
-from cnnlab.images import load_image, load_images, open_image, resize_image
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.data.images import load_image, load_images, open_image, resize_image
 
 
 def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -15,28 +15,18 @@ from conftest import require_path
 from safetensors.torch import save_file
 
 from cnnlab.cli import main
-from cnnlab.data import LabData
-from cnnlab.device import Throughput, configure_threads
-from cnnlab.errors import DataError
-from cnnlab.explain import CATEGORIES, match_filters
-from cnnlab.lab import (
-    LabContext,
-    PartSkipped,
-    Section,
-    TimeLeft,
-    discover_parts,
-    load_estimates,
-    p1_convolution,
-    p2_device,
-    p4_cnn,
-    p5_generalization,
-    p6_carbon,
-    p7_resnet,
-    p8_tuning,
-    run_parts,
-)
-from cnnlab.models import build_cnn
-from cnnlab.report import ReportInfo, render_markdown
+from cnnlab.core.errors import DataError
+from cnnlab.core.runtime import configure_threads
+from cnnlab.data.split import LabData
+from cnnlab.evaluate.filters import CATEGORIES, match_filters
+from cnnlab.experiments.device_bench import Throughput
+from cnnlab.lab import p1_convolution, p2_device, p4_cnn, p5_generalization, p6_carbon, p7_resnet, p8_tuning
+from cnnlab.lab.context import LabContext, PartSkipped
+from cnnlab.lab.progress import TimeLeft, load_estimates
+from cnnlab.lab.report import ReportInfo, render_markdown
+from cnnlab.lab.runner import discover_parts, run_parts
+from cnnlab.lab.store import Section
+from cnnlab.models.cnn import build_cnn
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -276,7 +266,7 @@ def test_part5_answers_quote_its_measurements_and_change_with_the_data(tmp_path)
         assert "Flatten turns the last 8 x 8 x 32 feature map into 2,048 numbers" in answers["28"]
         assert "this model was built for 32x32" in answers["28"]  # the model's own refusal, quoted
         assert f"ends at {facts['augmented']['train_accuracy'][-1]:.1%}" in answers["26"]
-        assert "(on a copy of CIFAR-10 that is not the official archive)" in answers["24"]
+        assert "(a copy of CIFAR-10 that is not the official archive: accuracy may differ)" in answers["24"]
         index, loss = facts["top_losses"][0]
         assert answers["Which test images cost the most loss, and which classes are confused?"].startswith(
             f"The highest loss, {loss:.2f}, is test image {index}: "

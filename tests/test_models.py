@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.errors import ConfigError, DataError
-from cnnlab.models import (
-    LAB_MODELS,
-    MEMORY_MODEL,
-    SWEEP_MODEL,
-    CNNConfig,
-    build_cnn,
-    create_model,
-    list_models,
-    load_model,
-)
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.models.cnn import LAB_MODELS, MEMORY_MODEL, SWEEP_MODEL, CNNConfig, build_cnn
+from cnnlab.models.registry import create_model, list_models, load_model
 
 
 @pytest.mark.parametrize(
@@ -118,8 +110,8 @@ def test_presets_are_the_lab_models():
 # ---------------------------------------------------------------------------------------------- every registered model
 def _config(kind, input_shape, num_classes):
     """A small config of each registered kind; the transfer head's input is a feature vector (1x1xF)."""
-    from cnnlab.pretrained import TransferHeadConfig
-    from cnnlab.recipes import RecipeNetConfig
+    from cnnlab.models.recipe_net import RecipeNetConfig
+    from cnnlab.models.transfer_head import TransferHeadConfig
 
     names = tuple(f"class {i}" for i in range(num_classes))
     kind, _, head = kind.partition(":")
@@ -219,7 +211,8 @@ def test_file_from_an_older_cnnlab_names_the_missing_keys(tmp_path):
 
 def test_transfer_learning_returns_a_head_that_saves_and_loads(tmp_path):
     """With an untrained ResNet50 (the real weights are not needed to check the plumbing)."""
-    from cnnlab.pretrained import ResNet50, transfer_learning
+    from cnnlab.experiments.transfer import transfer_learning
+    from cnnlab.models.resnet50 import ResNet50
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
@@ -229,7 +222,7 @@ def test_transfer_learning_returns_a_head_that_saves_and_loads(tmp_path):
         class_names=("plane", "car", "bird"),
     )  # fmt: skip
     head = result.head
-    assert head.class_names == ("plane", "car", "bird") and head.preprocessing["image_size"] == 32
+    assert head.class_names == ("plane", "car", "bird") and head.preprocessing.image_size == 32
     head.save(tmp_path / "head.safetensors")
     loaded = load_model(tmp_path / "head.safetensors", device="cpu")
     features = rng.normal(size=(4, 1, 1, 2048)).astype(np.float32)

@@ -82,7 +82,7 @@ def test_notebook_runs_on_tiny_settings(
 ):
     from nbclient import NotebookClient
 
-    from cnnlab.data import source_description
+    from cnnlab.data.cifar import source_description
 
     out = tmp_path / "lab"
     monkeypatch.setenv("CNNLAB_NOTEBOOK_QUICK", "1")

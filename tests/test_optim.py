@@ -9,10 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.errors import ConfigError
-from cnnlab.models import load_model
-from cnnlab.optim import MuonSGD, orthogonalize
-from cnnlab.recipes import CropFlip, OneCycle, Recipe, build_recipe_model, fit_recipe, member_accuracies
+from cnnlab.core.errors import ConfigError
+from cnnlab.data.crop_flip import CropFlip
+from cnnlab.evaluate.tta import member_accuracies
+from cnnlab.experiments.recipes import Recipe, build_recipe_model, fit_recipe
+from cnnlab.models.registry import load_model
+from cnnlab.train.optim import MuonSGD, orthogonalize
+from cnnlab.train.schedules import OneCycle
 
 
 @pytest.mark.parametrize("shape", [(16, 144), (144, 16)])
@@ -91,7 +94,7 @@ def test_cutout_zeroes_one_square_per_image():
 
 
 def test_ensemble_members_learn_as_if_alone_and_vote_by_mean_logits(tmp_path):
-    from cnnlab.recipes import RecipeEnsemble, RecipeNet
+    from cnnlab.models.recipe_net import RecipeEnsemble, RecipeNet
 
     x, y = _images(32), np.arange(32) % 10
     recipe = Recipe(widths=(8, 8, 16), batch_size=16, epochs=1, members=2, ema_decay=0)

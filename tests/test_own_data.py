@@ -25,7 +25,7 @@ SIDE = 40  # saved at 40x40, trained at --image-size 32
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory, cifar10_archive, session_cache) -> Path:
     """120 real CIFAR-10 images upscaled to 40x40, half PNG and half JPEG, in three class folders."""
-    from cnnlab.data import load_cifar10
+    from cnnlab.data.cifar import load_cifar10
 
     (x_train, y_train), _ = load_cifar10(cifar10_archive)
     root = tmp_path_factory.mktemp("own-images") / "photos"
@@ -54,7 +54,7 @@ def folder_run(image_folder, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_train_on_a_folder_shows_its_classes_and_writes_a_self_describing_model(folder_run):
-    from cnnlab.models import load_model
+    from cnnlab.models.registry import load_model
 
     run, printed = folder_run
     assert f"Classes: {', '.join(CLASS_NAMES)}" in printed
@@ -96,10 +96,10 @@ def test_tune_on_a_folder(image_folder, tmp_path, capsys):
 
 def test_transfer_on_a_folder_saves_its_head(image_folder, tmp_path, capsys, monkeypatch):
     """An untrained ResNet50 stands in for the ImageNet weights: the wiring, not the accuracy, is tested."""
-    from cnnlab import pretrained
-    from cnnlab.models import load_model
+    from cnnlab.models import resnet50, resnet50_weights
+    from cnnlab.models.registry import load_model
 
-    monkeypatch.setattr(pretrained, "load_resnet50", lambda *_args, **_options: pretrained.ResNet50())
+    monkeypatch.setattr(resnet50_weights, "load_resnet50", lambda *_args, **_options: resnet50.ResNet50())
     out = tmp_path / "transfer"
     code = main(["transfer", "--data", str(image_folder), "--image-size", "32", "--size", "32", "--train", "30",
                  "--test", "12", "--epochs", "2", "--quiet", "--out", str(out)])  # fmt: skip
@@ -151,7 +151,7 @@ def cifar100_copy(tmp_path, monkeypatch, session_cache) -> Path:
 
 @pytest.mark.filterwarnings(*CIFAR100_WARNINGS)
 def test_train_on_cifar100_from_a_local_copy(cifar100_copy, tmp_path, capsys):
-    from cnnlab.models import load_model
+    from cnnlab.models.registry import load_model
 
     run = tmp_path / "c100"
     code = main(["train", "--data", "cifar100", "--epochs", "1", "--n-train-val", "60", "--n-test", "20", "--quiet",

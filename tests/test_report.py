@@ -8,8 +8,8 @@ import re
 import pytest
 from PIL import Image
 
-from cnnlab.lab import Section, Table
-from cnnlab.report import ReportInfo, dataset_sentence, render_html, render_markdown, write_report
+from cnnlab.lab.report import ReportInfo, dataset_sentence, render_html, render_markdown, write_report
+from cnnlab.lab.store import Section, Table
 
 LOSSY = {"source": "/data/cifar-10-binary-lossy.tar.xz", "md5": "abc", "official": False}
 OFFICIAL = {"source": "official download", "md5": "c58f30108f718f92721af3b95e74349a", "official": True}

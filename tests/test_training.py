@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.augment import Augmentation
-from cnnlab.callbacks import CHECKPOINT, PREVIOUS_CHECKPOINT, read_checkpoint
-from cnnlab.data import load_lab_data, scale_images, to_categorical
-from cnnlab.errors import ConfigError, DataError, TrainingDiverged
-from cnnlab.models import build_cnn
-from cnnlab.recipes import CropFlip, OneCycle, WeightEMA
-from cnnlab.training import Callback, EarlyStopping
+from cnnlab.core.errors import ConfigError, DataError, TrainingDiverged
+from cnnlab.data.arrays import scale_images, to_categorical
+from cnnlab.data.augment import Augmentation
+from cnnlab.data.crop_flip import CropFlip
+from cnnlab.data.split import load_lab_data
+from cnnlab.models.cnn import build_cnn
+from cnnlab.train.callbacks import Callback, CallbackList, EarlyStopping, WeightEMA
+from cnnlab.train.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, read_checkpoint
+from cnnlab.train.schedules import OneCycle
 
 
 def _csv_rows(path):
@@ -354,6 +356,29 @@ def test_batch_logs_and_train_end_in_finally(tmp_path):
     assert all(torch.is_tensor(logs["loss"]) for logs in recorder.batch_logs)
     assert recorder.calls == [("end", {"interrupted": True})]
     assert not (tmp_path / "metrics.json").exists() and (tmp_path / "config.json").exists()
+
+
+class _Placed(Callback):
+    def __init__(self, order: int):
+        self.order = order
+
+
+def test_callbacks_run_in_order_of_their_order_attribute(tmp_path, monkeypatch):
+    x, y = _toy(32)
+    lists = []
+    original = CallbackList.__init__
+
+    def spy(self, callbacks, *args):
+        original(self, callbacks, *args)
+        lists.append([type(c).__name__ for c in self.callbacks])
+
+    monkeypatch.setattr(CallbackList, "__init__", spy)
+    late, early = _Placed(95), _Placed(-40)
+    build_cnn(device="cpu").fit(x, y, batch_size=16, epochs=1, verbose=1, callbacks=[late, early], run_dir=tmp_path)
+    assert lists == [
+        ["_Placed", "History", "TerminateOnNaN", "ProgbarLogger", "BackupAndRestore", "CSVLogger", "RunFolder",
+         "_Placed"]
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

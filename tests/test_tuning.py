@@ -21,25 +21,17 @@ import numpy as np
 import optuna
 import pytest
 
-from cnnlab import tuning
-from cnnlab.augment import parse_augment_spec
 from cnnlab.cli import build_parser, main
-from cnnlab.data import LabData
-from cnnlab.device import configure_threads
-from cnnlab.errors import ConfigError
-from cnnlab.tuning import (
-    DEFAULT_SPACE,
-    TuneSettings,
-    augment_spec,
-    format_table,
-    load_space,
-    parse_space,
-    train_config,
-    train_trial,
-    tune,
-    write_plots,
-    write_toml,
-)
+from cnnlab.core.errors import ConfigError
+from cnnlab.core.runtime import configure_threads
+from cnnlab.data.augment import parse_augment_spec
+from cnnlab.data.split import LabData
+from cnnlab.experiments.tune import engines, objective
+from cnnlab.experiments.tune.objective import train_trial
+from cnnlab.experiments.tune.results import format_table, train_config, write_plots, write_toml
+from cnnlab.experiments.tune.search import tune
+from cnnlab.experiments.tune.space import DEFAULT_SPACE, augment_spec, load_space, parse_space
+from cnnlab.experiments.tune.study import TuneSettings
 
 EXAMPLE_SPACE = Path(__file__).resolve().parents[1] / "examples" / "space.toml"
 # Small and fast: one or two conv blocks of 4 filters; the search varies depth and learning rate.
@@ -203,7 +195,7 @@ def test_study_survives_a_crash_and_continues_to_the_requested_total(tmp_path, t
     assert (first.finished_before, first.new_trials, len(_finished(out))) == (0, 2, 2)
 
     calls = []
-    real_trial = tuning.train_trial
+    real_trial = objective.train_trial
 
     def crash_on_second_trial(*args, **kwargs):
         calls.append(1)
@@ -211,11 +203,11 @@ def test_study_survives_a_crash_and_continues_to_the_requested_total(tmp_path, t
             raise RuntimeError("simulated crash")
         return real_trial(*args, **kwargs)
 
-    monkeypatch.setattr(tuning, "train_trial", crash_on_second_trial)
+    monkeypatch.setattr(engines, "train_trial", crash_on_second_trial)
     with pytest.raises(RuntimeError, match="simulated crash"):
         tune(space, tiny_data, out, TuneSettings(trials=4, epochs=1, pruner="none"))
     assert len(_finished(out)) == 3  # the trial before the crash is kept
-    monkeypatch.setattr(tuning, "train_trial", real_trial)
+    monkeypatch.setattr(engines, "train_trial", real_trial)
 
     resumed = tune(space, tiny_data, out, TuneSettings(trials=4, epochs=1, pruner="none"))
     assert (resumed.finished_before, resumed.new_trials) == (3, 1)
@@ -399,7 +391,7 @@ def test_tune_joins_a_ray_cluster_started_with_ray_start(tmp_path, auth):
 
 def test_an_unreachable_ray_cluster_is_one_line(tmp_path, capsys, tiny_data, monkeypatch):
     pytest.importorskip("ray.tune", reason="Ray Tune is the optional extra cnnlab[ray]")
-    monkeypatch.setattr("cnnlab.data.load_lab_data", lambda *args, **kwargs: tiny_data)
+    monkeypatch.setattr("cnnlab.data.split.load_lab_data", lambda *args, **kwargs: tiny_data)
     port = _free_port()  # nothing listens there
     assert main(["tune", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()

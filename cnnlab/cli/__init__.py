@@ -11,7 +11,8 @@ import importlib
 import pkgutil
 import sys
 
-from cnnlab.errors import CnnlabError, user_os_error
+from cnnlab.core.errors import CnnlabError, user_os_error
+from cnnlab.core.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnlab",
         description="The CIFAR-10 CNN lab as software. Each command has its own --help.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--threads",
         type=int,
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from cnnlab.device import configure_threads
+    from cnnlab.core.runtime import configure_threads
 
     try:
         configure_threads(args.threads)

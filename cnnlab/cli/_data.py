@@ -65,7 +65,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def dataset_from_args(args: argparse.Namespace):
     """The ImageDataset the data options name."""
-    from cnnlab.datasets import load_dataset
+    from cnnlab.data.load import load_dataset
 
     return load_dataset(
         args.data,
@@ -81,6 +81,6 @@ def dataset_from_args(args: argparse.Namespace):
 def lab_data_from_args(args: argparse.Namespace, **overrides):
     """The lab split (LabData) of the data set the options name; ``overrides`` go to ``load_lab_data``
     (n_train_val, n_test, val_fraction, seed, dtype)."""
-    from cnnlab.data import load_lab_data
+    from cnnlab.data.split import load_lab_data
 
     return load_lab_data(dataset_from_args(args), **overrides)

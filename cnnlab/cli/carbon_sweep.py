@@ -1,60 +1,15 @@
-"""`cnnlab carbon-sweep`: lab part 6 made real: what batch size and epoch count cost in energy and CO2eq.
-
-Also home of the carbon options that `cnnlab train` shares (--carbon, --country, --cpu-power, ...).
-"""
+"""`cnnlab carbon-sweep`: lab part 6 made real: what batch size and epoch count cost in energy and CO2eq."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cnnlab.carbon import BACKENDS, DEFAULT_COUNTRY, SWEEP_MODEL, CarbonCallback, CarbonSettings
+from cnnlab.cli._carbon import add_carbon_options, carbon_settings
 from cnnlab.cli._data import add_data_options
+from cnnlab.models.cnn import SWEEP_MODEL
 
 QUICK = {"n_train_val": 2_000, "n_test": 1_000, "epochs": [1, 2]}
-
-
-def add_carbon_options(parser: argparse.ArgumentParser, *, tracking_default: bool | None = None) -> None:
-    """The carbon flags; with ``tracking_default`` also --carbon/--no-carbon, on or off by default."""
-    group = parser.add_argument_group("carbon footprint")
-    if tracking_default is not None:
-        group.add_argument(
-            "--carbon", action=argparse.BooleanOptionalAction, default=tracking_default,
-            help="track energy and CO2eq: a prediction after the first epoch, the actual figures at the end, "
-            "carbon.json in the run folder",
-        )  # fmt: skip
-    group.add_argument(
-        "--carbon-backend", choices=BACKENDS, default="codecarbon",
-        help="codecarbon (offline; the default) or carbontracker (the lab's tool; pip install "
-        "'cnnlab[carbontracker]')",
-    )  # fmt: skip
-    group.add_argument(
-        "--country", default=DEFAULT_COUNTRY, metavar="ISO3",
-        help="3-letter ISO code of the country whose grid powers the computer; sets the carbon intensity "
-        f"(default: {DEFAULT_COUNTRY}, where the lab is taught)",
-    )  # fmt: skip
-    group.add_argument(
-        "--cpu-power", type=float, metavar="WATTS",
-        help="the CPU's power at full load, instead of the library's guess (on virtual machines the "
-        "guesses differ several-fold)",
-    )  # fmt: skip
-    group.add_argument(
-        "--carbon-intensity", type=float, metavar="G_PER_KWH",
-        help="grams CO2eq per kWh of the grid, instead of the country's yearly average",
-    )  # fmt: skip
-
-
-def carbon_settings(args: argparse.Namespace) -> CarbonSettings:
-    """The settings from the parsed flags; bad values raise ConfigError before any work starts."""
-    return CarbonSettings(
-        backend=args.carbon_backend, country=args.country, cpu_power=args.cpu_power,
-        carbon_intensity=args.carbon_intensity,
-    )  # fmt: skip
-
-
-def carbon_callbacks(args: argparse.Namespace) -> list[CarbonCallback]:
-    """[CarbonCallback] when --carbon is on, else []: what a command adds to fit's callbacks."""
-    return [CarbonCallback(carbon_settings(args))] if args.carbon else []
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -101,9 +56,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.carbon import carbon_sweep, format_sweep_table, plot_carbon_sweep, write_sweep_csv
     from cnnlab.cli._data import lab_data_from_args
-    from cnnlab.cli.train import accuracy_note
+    from cnnlab.data.cifar import accuracy_caveat
+    from cnnlab.experiments.carbon_sweep import carbon_sweep, format_sweep_table, plot_carbon_sweep, write_sweep_csv
 
     settings = carbon_settings(args)
     sizes = {"n_train_val": QUICK["n_train_val"], "n_test": QUICK["n_test"]} if args.quick else {}
@@ -116,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     intensity, source = settings.intensity()
     print(f"Grid: {settings.country_name} ({settings.country}), {intensity:.4g} g CO2eq/kWh ({source}); "
           f"backend {settings.backend}; details per run in {args.out}/batch-N/carbon.json")  # fmt: skip
-    if accuracy_note(data.source):
-        print(f"Test accuracy{accuracy_note(data.source)}.")
+    if accuracy_caveat(data.source):
+        print(f"Test accuracy{accuracy_caveat(data.source)}.")
     table = write_sweep_csv(rows, args.out / "carbon_sweep.csv")
     figure = args.out / "carbon_sweep.png"
     plot_carbon_sweep(rows, figure)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cnnlab.errors import ConfigError
+from cnnlab.core.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -55,25 +55,26 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("name at least one photo, e.g. cnnlab classify cat.jpg (or pass --summary)")
     if not 1 <= args.top <= 1000:
         raise ConfigError(f"--top must be 1..1000 (ImageNet has 1000 classes), got {args.top}")
-    from cnnlab import pretrained
-    from cnnlab.device import pick_device
-    from cnnlab.images import MAX_IMAGE_PIXELS
+    from cnnlab.core.runtime import pick_device
+    from cnnlab.data.images import MAX_IMAGE_PIXELS
+    from cnnlab.evaluate import imagenet
+    from cnnlab.models import resnet50, resnet50_weights
 
     if args.summary:
-        print(pretrained.summary())  # counts and shapes do not depend on the weights
+        print(resnet50.summary())  # counts and shapes do not depend on the weights
         if not args.photos:
             return 0
-    model = pretrained.load_resnet50(args.weights).to(pick_device(args.device))
+    model = resnet50_weights.load_resnet50(args.weights).to(pick_device(args.device))
     max_pixels = args.max_pixels or MAX_IMAGE_PIXELS
-    results, failures = pretrained.classify_photos(model, args.photos, args.top, args.resize, max_pixels)
+    results, failures = imagenet.classify_photos(model, args.photos, args.top, args.resize, max_pixels)
     for result in results:
-        print(pretrained.format_predictions(result))
+        print(imagenet.format_predictions(result))
         for note in result.notes:
             print(f"  note: {note}")
     for path, reason in failures:
         print(f"cnnlab classify: skipped {path}: {reason}", file=sys.stderr)
     if results:
-        figure = pretrained.plot_predictions(results, args.out / "predictions.png")
+        figure = imagenet.plot_predictions(results, args.out / "predictions.png")
         print(f"Figure: {figure}")
     if results and args.explain:
         for path in write_grad_cams(model, results, args.out):
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def write_grad_cams(model, results, out: Path) -> list[Path]:
     """One Grad-CAM figure per classified photo, named after the photo (suffix kept: cat.jpg and cat.png differ)."""
-    from cnnlab import explain
+    from cnnlab.evaluate import explain
 
     written = []
     for result in results:

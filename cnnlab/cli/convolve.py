@@ -16,7 +16,7 @@ from cnnlab.convolution import (
     output_shape,
     plot_responses,
 )
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 DEFAULT_FILTERS = ("gaussian:15,4", "sobel-x", "sobel-y")
 

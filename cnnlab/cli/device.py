@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from cnnlab.device import (
+from cnnlab.core.runtime import describe_devices
+from cnnlab.experiments.device_bench import (
     BENCHMARK_BATCH_SIZES,
     BENCHMARK_LAYER,
     batch_speedup_answer,
-    describe_devices,
     measure_conv_throughput,
     plot_throughput,
 )

@@ -32,10 +32,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.files import write_json
-    from cnnlab.models import load_model
+    from cnnlab.core.files import write_json
+    from cnnlab.evaluate.predict import evaluate_on
+    from cnnlab.models.registry import load_model
     from cnnlab.plots import confusion_matrix_figure, misclassified_gallery
-    from cnnlab.predict import evaluate_on
 
     model = load_model(args.model, device=args.device)
     evaluation, images = evaluate_on(model, args.data)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.core.errors import ConfigError, DataError
 
 RESNET = "resnet50"
 
@@ -37,13 +37,13 @@ def register(subparsers) -> None:
 
 def load_explained_model(spec: str, weights: Path | None = None, device: str = "auto"):
     """A cnnlab model from a run folder or model file, or the ImageNet ResNet50 for 'resnet50'."""
-    from cnnlab.device import pick_device
+    from cnnlab.core.runtime import pick_device
 
     if spec.lower() == RESNET:
-        from cnnlab.pretrained import load_resnet50
+        from cnnlab.models.resnet50_weights import load_resnet50
 
         return load_resnet50(weights).to(pick_device(device))
-    from cnnlab.models import load_model
+    from cnnlab.models.registry import load_model
 
     return load_model(spec, device=device)
 
@@ -54,13 +54,13 @@ def load_model_images(
     """Decode and resize images to what the model takes: (arrays, kept paths, notes per path, failures)."""
     import numpy as np
 
-    from cnnlab.explain import network_of
-    from cnnlab.images import open_image, resize_image
-    from cnnlab.pretrained import INPUT_SIZE, ResNet50
+    from cnnlab.data.images import open_image, resize_image
+    from cnnlab.evaluate.explain import network_of
+    from cnnlab.models.resnet50 import INPUT_SIZE, ResNet50
 
     resnet = isinstance(network_of(model), ResNet50)
     height, width, channels = (INPUT_SIZE, INPUT_SIZE, 3) if resnet else model.input_shape
-    resize = "crop" if resnet else getattr(model, "preprocessing", {}).get("resize", "stretch")  # as trained
+    resize = "crop" if resnet else model.preprocessing.resize  # as trained
     arrays, kept, notes, failures = [], [], {}, []
     for path in paths:
         try:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     import numpy as np
 
-    from cnnlab import explain
+    from cnnlab.evaluate import explain
 
     if args.method not in explain.METHODS:  # checked before the model loads: a typo costs nothing
         raise ConfigError(f"unknown method {args.method!r}; choose one of {', '.join(explain.METHODS)}")

@@ -29,8 +29,8 @@ def default_output(model_path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.export import export_onnx
-    from cnnlab.models import load_model
+    from cnnlab.evaluate.export import export_onnx
+    from cnnlab.models.registry import load_model
 
     model = load_model(args.model, device="cpu")  # ONNX Runtime is compared with PyTorch on the CPU
     result = export_onnx(model, args.out or default_output(args.model))

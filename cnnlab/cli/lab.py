@@ -32,9 +32,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.errors import ConfigError
-    from cnnlab.lab import discover_parts
-    from cnnlab.locks import folder_lock
+    from cnnlab.core.errors import ConfigError
+    from cnnlab.core.locks import folder_lock
+    from cnnlab.lab.runner import discover_parts
 
     data_path = None if args.data in (None, "cifar10", "cifar100") else Path(args.data)  # else a data set's name
     for option, path in (("--data", data_path), ("--photos", args.photos), ("--weights", args.weights)):
@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_lab(args: argparse.Namespace, parts: list) -> int:
     import shutil
 
-    from cnnlab.lab import LabContext, run_parts
-    from cnnlab.report import ReportInfo, write_report
+    from cnnlab.lab.context import LabContext
+    from cnnlab.lab.report import ReportInfo, write_report
+    from cnnlab.lab.runner import run_parts
 
     if args.fresh:
         shutil.rmtree(args.out / "parts", ignore_errors=True)

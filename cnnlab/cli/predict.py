@@ -36,9 +36,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.models import load_model
-    from cnnlab.predict import format_prediction, predict_images, predictions_json
-    from cnnlab.pretrained import plot_predictions
+    from cnnlab.evaluate.imagenet import plot_predictions
+    from cnnlab.evaluate.predict import format_prediction, predict_images, predictions_json
+    from cnnlab.models.registry import load_model
 
     model = load_model(args.model, device=args.device)
     result = predict_images(model, args.images, top=args.top, resize=args.resize)

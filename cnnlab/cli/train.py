@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
-import math
 import shutil
 import time
 import tomllib
 from pathlib import Path
 
+from cnnlab.cli._carbon import add_carbon_options, carbon_callbacks
 from cnnlab.cli._data import add_data_options, lab_data_from_args
-from cnnlab.cli.carbon_sweep import add_carbon_options, carbon_callbacks
-from cnnlab.errors import ConfigError
-from cnnlab.locks import LOCK_NAME, folder_lock
+from cnnlab.cli._report import report_test_results
+from cnnlab.core.errors import ConfigError
+from cnnlab.core.locks import LOCK_NAME, folder_lock
 
 DATA_KEYS = {"data": None, "n_train_val": 10_000, "n_test": 2_000, "val_fraction": 0.25, "split_seed": 0}
 # Files that make a folder a run: --overwrite removes the folder's content (a run may have written more).
@@ -24,7 +23,7 @@ FIT_KEYS = {"batch_size": 20, "epochs": 20, "seed": 0, "early_stopping": 0, "aug
 
 def build_keys() -> dict:
     """build_cnn's keyword arguments and defaults: the TOML keys and flags mirror them one to one."""
-    from cnnlab.models import build_cnn
+    from cnnlab.models.cnn import build_cnn
 
     skip = {"input_shape", "device", "num_classes", "class_names"}
     return {k: p.default for k, p in inspect.signature(build_cnn).parameters.items() if k not in skip}
@@ -84,9 +83,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--recipe",
         metavar="NAME",
-        help="train a recipe (cnnlab.recipes) instead of the lab's CNN: 'fast', 'fast5' and 'fast2' (its own "
-        "networks, sized for 10, 5 and 2 minutes on 2 CPU cores), 'lab' (the lab's model B with the recipe's "
-        "training) or 'gpu' (full CIFAR-10 on a GPU); only --seed, --epochs, --batch-size and the data flags apply",
+        help="train a recipe (cnnlab.experiments.recipes) instead of the lab's CNN: 'fast', 'fast5' and 'fast2' "
+        "(its own networks, sized for 10, 5 and 2 minutes on 2 CPU cores), 'lab' (the lab's model B with the "
+        "recipe's training) or 'gpu' (full CIFAR-10 on a GPU); only --seed, --epochs, --batch-size and the data "
+        "flags apply",
     )
     defaults = {**build_keys(), **FIT_KEYS, **DATA_KEYS}
     add_data_options(parser)  # --data, --image-size, ...: shared with the other training commands
@@ -184,8 +184,8 @@ def _load_data(args: argparse.Namespace, settings: dict):
 
 
 def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
-    from cnnlab.models import build_cnn
-    from cnnlab.training import EarlyStopping
+    from cnnlab.models.cnn import build_cnn
+    from cnnlab.train.callbacks import EarlyStopping
 
     carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
     recipe = _recipe(args, settings) if args.recipe else None
@@ -201,7 +201,7 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     model.summary()
     augment = None
     if settings["augment"]:
-        from cnnlab.augment import parse_augment_spec
+        from cnnlab.data.augment import parse_augment_spec
 
         augment = parse_augment_spec(settings["augment"], seed=settings["seed"])
     callbacks = carbon + ([EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else [])
@@ -218,76 +218,9 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
         verbose=2 if args.quiet else 1,
         augment=augment,
     )
-    test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test)
-    return _report(out, data, history, test_loss, test_accuracy, model.predict(data.x_test))
+    from cnnlab.evaluate.predict import evaluate_model
 
-
-def _report(out: Path, data, history, test_loss: float, test_accuracy: float, probabilities, extra=None) -> int:
-    """Add the test results to metrics.json, draw the figures (class names on titles and axes), write the
-    per-class accuracy table and print where everything is."""
-    from cnnlab.evaluation import confusion_matrix, per_class_accuracy
-    from cnnlab.files import write_json
-    from cnnlab.plots import confusion_matrix_figure, plot_results, sample_grid
-
-    per_class = per_class_accuracy(data.y_test, probabilities, data.class_names)
-    metrics_path = out / "metrics.json"
-    metrics = {
-        **_read_json(metrics_path),
-        **(extra or {}),
-        "test_loss": test_loss,
-        "test_accuracy": test_accuracy,
-        "class_names": list(data.class_names),
-        "input_shape": list(data.input_shape),
-        "per_class_accuracy": {name: None if math.isnan(v) else v for name, v in per_class.items()},
-        "data_source": data.source,
-    }
-    write_json(metrics_path, metrics)
-    plot_results(history, out / "results.png", title=f"test accuracy {test_accuracy:.4f}")
-    sample_grid(data.x_train, data.y_train, path=out / "samples.png", class_names=data.class_names)
-    matrix = confusion_matrix(data.y_test, probabilities, data.num_classes)
-    confusion_matrix_figure(
-        matrix, data.class_names, out / "confusion_matrix.png", title=f"test set, accuracy {test_accuracy:.1%}"
-    )
-    table = _write_per_class(out / "per_class_accuracy.csv", per_class, matrix.sum(1))
-    if data.num_classes <= MAX_CLASSES_PRINTED:
-        print("Test accuracy per class:\n" + table)
-    print(f"Test loss: {test_loss:.4f}  Test accuracy: {test_accuracy:.4f}{accuracy_note(data.source)}")
-    print(f"Run folder: {out}")
-    print(f"Figures: {out / 'results.png'}, {out / 'samples.png'}, {out / 'confusion_matrix.png'}")
-    print(f"Per-class accuracy: {out / 'per_class_accuracy.csv'}")
-    return 0
-
-
-MAX_CLASSES_PRINTED = 20  # more classes: the table is only written to the run folder
-
-
-def _write_per_class(path: Path, per_class: dict[str, float], counts) -> str:
-    """The per-class table as CSV in the run folder; returns it as aligned text for the terminal."""
-    import csv
-    import io
-
-    from cnnlab.files import write_text
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["class", "test_images", "accuracy"])
-    writer.writerows(
-        [name, int(n), "" if math.isnan(v) else f"{v:.4f}"]
-        for (name, v), n in zip(per_class.items(), counts, strict=True)
-    )
-    write_text(path, buffer.getvalue())
-    width = max(len(name) for name in per_class)
-    return "\n".join(
-        f"  {name:<{width}}  {'-' if math.isnan(v) else f'{v:.4f}'}  ({int(n)} images)"
-        for (name, v), n in zip(per_class.items(), counts, strict=True)
-    )
-
-
-def accuracy_note(source: dict) -> str:
-    """The caveat an accuracy needs when it was measured on a CIFAR copy that is not the official archive."""
-    if source.get("kind") in ("cifar10", "cifar100") and not source.get("official"):
-        return " (data is not the official archive: accuracy may differ)"
-    return ""
+    return report_test_results(out, data, history, evaluate_model(model, data.x_test, data.y_test))
 
 
 RECIPE_KEYS = {"seed", "epochs", "batch_size", *DATA_KEYS}
@@ -297,7 +230,7 @@ def _recipe(args: argparse.Namespace, settings: dict):
     """The named recipe with the user's --epochs/--batch-size; other model or training flags are refused."""
     from dataclasses import replace
 
-    from cnnlab.recipes import get_recipe
+    from cnnlab.experiments.recipes import get_recipe
 
     given = {k for k, v in vars(args).items() if v is not None and k in settings}
     if args.config:
@@ -316,7 +249,9 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
     """Train the recipe's network with its schedule, augmentation and EMA; test with its TTA."""
     import torch
 
-    from cnnlab.recipes import build_model, evaluate_tta, fit_recipe, tta_logits
+    from cnnlab.evaluate.predict import Evaluation
+    from cnnlab.evaluate.tta import evaluate_tta, tta_logits
+    from cnnlab.experiments.recipes import build_model, fit_recipe
 
     seed = settings["seed"]
     model = build_model(recipe, data.x_train, seed, args.device, class_names=data.class_names)
@@ -325,12 +260,8 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
         model, data, recipe, seed, callbacks=callbacks, verbose=2 if args.quiet else 1, run_dir=out, resume=args.resume
     )
     val = evaluate_tta(model, data.x_val, data.y_val, recipe.tta)
-    test = evaluate_tta(model, data.x_test, data.y_test, recipe.tta)
     probabilities = torch.softmax(tta_logits(model, data.x_test, recipe.tta), 1).cpu().numpy()
+    test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
     print(f"Validation accuracy (TTA): {val['accuracy']:.4f}")
     extra = {"recipe": args.recipe, "tta": recipe.tta, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-    return _report(out, data, history, test["loss"], test["accuracy"], probabilities, extra)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return report_test_results(out, data, history, test, extra)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cnnlab.cli._data import add_data_options, dataset_from_args
-from cnnlab.errors import ConfigError
+from cnnlab.core.errors import ConfigError
 
 # Part 4 of the lab: its CNN trained from scratch on 7,500 images reaches about this test accuracy.
 LAB_CNN_ACCURACY = "about 0.52-0.58 (lab Part 4: 7,500 training images, 2,000 test images)"
@@ -64,7 +64,7 @@ def register(subparsers) -> None:
 def _split(dataset, n_train: int, n_test: int, seed: int):
     """Train and test images for the head: CIFAR-10's first N and M (the lab's order); any other set
     stratified samples, with a stratified 20% held out as the test set when it has none."""
-    from cnnlab.data import stratified_split
+    from cnnlab.data.arrays import stratified_split
 
     x, y, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
     if dataset.origin.get("kind") == "cifar10":
@@ -85,17 +85,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--epochs and --batch-size must be at least 1")
     import torch
 
-    from cnnlab import pretrained
-    from cnnlab.cli.train import accuracy_note
-    from cnnlab.device import pick_device
+    from cnnlab.core.runtime import pick_device
+    from cnnlab.data.cifar import accuracy_caveat
+    from cnnlab.experiments import transfer
+    from cnnlab.models import resnet50_weights
 
     started = time.perf_counter()
     dataset = dataset_from_args(args)
     if dataset.image_shape[2] != 3:
         raise ConfigError(f"ResNet50 takes RGB images, but {args.data} holds grayscale ones; leave out --color-mode")
     x_train, y_train, x_test, y_test = _split(dataset, args.train, args.test, args.seed)
-    model = pretrained.load_resnet50(args.weights, progress=not args.quiet).to(pick_device(args.device))
-    result = pretrained.transfer_learning(
+    model = resnet50_weights.load_resnet50(args.weights, progress=not args.quiet).to(pick_device(args.device))
+    result = transfer.transfer_learning(
         model,
         x_train,
         y_train,
@@ -127,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  accuracy    train {result.train_accuracy:.4f}, test {result.test_accuracy:.4f}")
     if dataset.origin.get("kind") == "cifar10":
         print(f"  lab's CNN   {LAB_CNN_ACCURACY}")
-    if accuracy_note(dataset.origin):
-        print(f"  note       {accuracy_note(dataset.origin)}")
+    if accuracy_caveat(dataset.origin):
+        print(f"  note       {accuracy_caveat(dataset.origin)}")
     if args.out:
         _save(args, result, threads, total)
     return 0
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _save(args: argparse.Namespace, result, threads: int, total: float) -> None:
     """transfer.json with the figures, and the head as a self-describing cnnlab model."""
-    from cnnlab.files import write_json
+    from cnnlab.core.files import write_json
 
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -153,5 +154,6 @@ def _save(args: argparse.Namespace, result, threads: int, total: float) -> None:
     print(f"Figures: {args.out / 'transfer.json'}")
     print(
         f"Head: {head} (the trained dense head with its class names; it takes ResNet50's 2048 pooled features of "
-        f"{result.size} px images, from cnnlab.pretrained.extract_features, not photos: load it with load_model)"
+        f"{result.size} px images, from cnnlab.experiments.transfer.extract_features, not photos: load it with "
+        "load_model)"
     )

@@ -83,8 +83,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.errors import ConfigError
-    from cnnlab.locks import folder_lock
+    from cnnlab.core.errors import ConfigError
+    from cnnlab.core.locks import folder_lock
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the study (new or existing)")
@@ -97,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from cnnlab.carbon import CarbonSettings
-    from cnnlab.cli.train import accuracy_note
-    from cnnlab.tuning import TuneSettings, format_table, load_space, tune
+    from cnnlab.carbon.settings import CarbonSettings
+    from cnnlab.data.cifar import accuracy_caveat
+    from cnnlab.experiments.tune.results import format_table
+    from cnnlab.experiments.tune.search import tune
+    from cnnlab.experiments.tune.space import load_space
+    from cnnlab.experiments.tune.study import TuneSettings
 
     space = load_space(args.space)
     settings = TuneSettings(
@@ -125,7 +128,7 @@ def _search(args: argparse.Namespace) -> int:
         print("\nPareto front (no other trial is both more accurate and more frugal):")
         print(format_table(result.pareto, only_varying=False))
     best = result.best
-    lossy = accuracy_note(data.source)
+    lossy = accuracy_caveat(data.source)
     print(
         f"\nBest: trial {best['trial']}, val_accuracy {best['val_accuracy']:.4f}; retrained once and tested: "
         f"test_accuracy {best['test_accuracy']:.4f}{lossy}"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab import explain
 from cnnlab.convolution import (
     MODES,
     SOBEL_X,
@@ -24,10 +23,12 @@ from cnnlab.convolution import (
     output_shape,
     plot_responses,
 )
-from cnnlab.errors import ConfigError, DataError
-from cnnlab.lab import LabContext, PartSkipped, Section, Table
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.evaluate import filters
+from cnnlab.lab.context import LabContext, PartSkipped
 from cnnlab.lab.p4_cnn import LAB_RUNS
 from cnnlab.lab.p5_generalization import BEST_RUN, lab_cnn
+from cnnlab.lab.store import Section, Table
 
 # The full and quick runs include training part 4's run E, which parts 4 and 5 then reuse.
 ESTIMATED_SECONDS = {"full": 90, "quick": 25, "tiny": 10}
@@ -90,7 +91,7 @@ def _border_use(side: int = 6) -> np.ndarray:
 
 def _untrained_twin(model):
     """Run E's network as built before training: the same build_cnn settings and seed, no fit."""
-    from cnnlab.models import build_cnn
+    from cnnlab.models.cnn import build_cnn
 
     return build_cnn(
         input_shape=model.input_shape, class_names=model.class_names, device="cpu", **LAB_RUNS[BEST_RUN][1]
@@ -115,8 +116,8 @@ def _recipe_whitening(ctx: LabContext) -> Section:
             weights = handle.get_tensor(key)
     except (OSError, StopIteration, ValueError, RuntimeError):  # not trained here (yet), or another network
         return Section(key="convolution", title="")
-    explain.filter_grid(weights, ctx.path("figures", "recipe_whitening_filters.png"))
-    counts = explain.summarize_filters(explain.match_filters(weights))
+    filters.filter_grid(weights, ctx.path("figures", "recipe_whitening_filters.png"))
+    counts = filters.summarize_filters(filters.match_filters(weights))
     count, channels, height, width = weights.shape
     return Section(
         key="convolution",
@@ -145,10 +146,10 @@ def _learned_filters(ctx: LabContext) -> Section:
         model, history = lab_cnn(ctx)
     except PartSkipped as skip:
         return Section(key="convolution", title="", missing=f"learned filters: {skip}")
-    explain.filter_grid(model, ctx.path("figures", "learned_filters.png"), columns=8)  # two bands: readable cells
-    trained = explain.match_filters(model)
-    untrained = explain.match_filters(_untrained_twin(model))
-    counts, initial = explain.summarize_filters(trained), explain.summarize_filters(untrained)
+    filters.filter_grid(model, ctx.path("figures", "learned_filters.png"), columns=8)  # two bands: readable cells
+    trained = filters.match_filters(model)
+    untrained = filters.match_filters(_untrained_twin(model))
+    counts, initial = filters.summarize_filters(trained), filters.summarize_filters(untrained)
     epochs, accuracy = len(history["val_accuracy"]), history["val_accuracy"][-1]
     changed = sum(row.category != before.category for row, before in zip(trained, untrained, strict=True))
     best = max(trained, key=lambda row: row.similarity if row.category != "colour" else -1)
@@ -179,7 +180,7 @@ def _learned_filters(ctx: LabContext) -> Section:
             Table(
                 "How many filters of each kind",
                 ["category", "trained", "untrained (same seed)"],
-                [[category, counts[category], initial[category]] for category in explain.CATEGORIES],
+                [[category, counts[category], initial[category]] for category in filters.CATEGORIES],
             ),
             Table(
                 "Learned filters and their closest classical kernel (cosine similarity of the grey kernel)",

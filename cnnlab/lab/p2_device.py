@@ -13,17 +13,20 @@ import torch
 from scipy import signal
 
 from cnnlab.convolution import SOBEL_X, compare_with_cnn_layer, conv_layer_response
-from cnnlab.device import (
+from cnnlab.core.runtime import describe_devices
+from cnnlab.experiments.device_bench import (
     BENCHMARK_BATCH_SIZES,
     BENCHMARK_LAYER,
     batch_speedup_answer,
-    describe_devices,
     measure_conv_throughput,
     plot_throughput,
 )
-from cnnlab.lab import LabContext, Section, Table
-from cnnlab.models import MEMORY_MODEL, create_model
-from cnnlab.summary import count_params
+from cnnlab.lab.context import LabContext
+from cnnlab.lab.store import Section, Table
+from cnnlab.models.cnn import MEMORY_MODEL
+from cnnlab.models.registry import create_model
+from cnnlab.train.inputs import nchw
+from cnnlab.train.summary import count_params
 
 ESTIMATED_SECONDS = {"full": 10, "quick": 5, "tiny": 5}
 # NVIDIA's RTX 3090 (GA102, compute capability 8.6): 82 streaming multiprocessors of 128 FP32 CUDA cores
@@ -45,7 +48,7 @@ def _training_memory(batch_size: int) -> dict[str, float]:
     try:
         network.eval()
         with torch.no_grad():
-            network(torch.zeros(batch_size, *MEMORY_MODEL.input_shape).permute(0, 3, 1, 2))
+            network(nchw(torch.zeros(batch_size, *MEMORY_MODEL.input_shape)))
     finally:
         for hook in hooks:
             hook.remove()
@@ -90,6 +93,39 @@ def run(ctx: LabContext) -> Section:
     rng = np.random.default_rng(1)
     comparison = compare_with_cnn_layer(rng.uniform(0, 255, (24, 24)), SOBEL_X)
     memory = _training_memory(MEMORY_BATCH)
+    answers = _answers(colour, comparison, memory, gpus, measurements)
+    device_rows = [[info.device, info.name, ", ".join(f"{k} {v}" for k, v in info.facts.items())] for info in devices]
+    speed_rows = [
+        [m.device, m.batch_size, f"{m.images_per_second:,.0f}", f"{m.seconds_per_batch * 1000:.2f}"]
+        for m in measurements
+    ]
+    return Section(
+        key="device",
+        title="Part 2: Get a graphics card",
+        intro=f"The compute devices of this machine, and the speed of one {BENCHMARK_LAYER} at several batch "
+        "sizes on each (median of repeated timings).",
+        figures=[("figures/throughput.png", "Images per second against batch size, per device")],
+        tables=[
+            Table("Devices", ["device", "name", "facts"], device_rows),
+            Table("Conv-layer throughput", ["device", "batch", "images/s", "ms per batch"], speed_rows),
+            Table(
+                f"Training memory of part 4's 4-conv model at batch {MEMORY_BATCH} (float32, Adam)",
+                ["what", "MB"],
+                [[k, f"{v / 2**20:.3f}"] for k, v in memory.items()],
+            ),
+        ],
+        answers=answers,
+        facts={
+            "devices": [info.device for info in devices],
+            "throughput": {f"{m.device}@{m.batch_size}": m.images_per_second for m in measurements},
+            "training_memory_bytes": memory,
+            "conv_vs_scipy": {"as_is": comparison.difference_as_is, "flipped": comparison.difference_flipped},
+        },
+    )
+
+
+def _answers(colour: dict, comparison, memory: dict, gpus: list, measurements) -> list[tuple[str, str]]:
+    """Questions 7-12, written from this run's measurements."""
     total_memory = sum(memory.values())
     cores = RTX_3090["multiprocessors"] * RTX_3090["cores_per_multiprocessor"]
     here = (
@@ -99,7 +135,7 @@ def run(ctx: LabContext) -> Section:
     )
     biggest = max(memory, key=memory.get)
 
-    answers = [
+    return [
         (
             "7. Why are the filters for a colour image 7 x 7 x 3 and not 7 x 7?",
             f"Because a CNN filter spans every input channel: a {_x(colour['kernel'])} filter on a "
@@ -136,34 +172,6 @@ def run(ctx: LabContext) -> Section:
             batch_speedup_answer(measurements),
         ),
     ]
-    device_rows = [[info.device, info.name, ", ".join(f"{k} {v}" for k, v in info.facts.items())] for info in devices]
-    speed_rows = [
-        [m.device, m.batch_size, f"{m.images_per_second:,.0f}", f"{m.seconds_per_batch * 1000:.2f}"]
-        for m in measurements
-    ]
-    return Section(
-        key="device",
-        title="Part 2: Get a graphics card",
-        intro=f"The compute devices of this machine, and the speed of one {BENCHMARK_LAYER} at several batch "
-        "sizes on each (median of repeated timings).",
-        figures=[("figures/throughput.png", "Images per second against batch size, per device")],
-        tables=[
-            Table("Devices", ["device", "name", "facts"], device_rows),
-            Table("Conv-layer throughput", ["device", "batch", "images/s", "ms per batch"], speed_rows),
-            Table(
-                f"Training memory of part 4's 4-conv model at batch {MEMORY_BATCH} (float32, Adam)",
-                ["what", "MB"],
-                [[k, f"{v / 2**20:.3f}"] for k, v in memory.items()],
-            ),
-        ],
-        answers=answers,
-        facts={
-            "devices": [info.device for info in devices],
-            "throughput": {f"{m.device}@{m.batch_size}": m.images_per_second for m in measurements},
-            "training_memory_bytes": memory,
-            "conv_vs_scipy": {"as_is": comparison.difference_as_is, "flipped": comparison.difference_flipped},
-        },
-    )
 
 
 def _x(shape: tuple[int, ...]) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from cnnlab.data import class_counts
-from cnnlab.lab import LabContext, Section, Table
+from cnnlab.data.arrays import class_counts
+from cnnlab.data.cifar import accuracy_caveat
+from cnnlab.lab.context import LabContext
+from cnnlab.lab.store import Section, Table
 from cnnlab.plots import sample_grid
 
 ESTIMATED_SECONDS = {"full": 5, "quick": 5, "tiny": 5}
@@ -17,13 +19,7 @@ def run(ctx: LabContext) -> Section:
     val_share = len(data.x_val) / n_train_val
     sample_grid(data.x_train, data.y_train, path=ctx.path("figures", "samples.png"), class_names=data.class_names)
     if ctx.is_cifar10():
-        official = source.get("official")
-        origin = f"CIFAR-10 from `{source.get('source')}`" + (
-            ""
-            if official
-            else " — not the official archive (its md5 differs): accuracies below may differ from "
-            "ones measured on the original data"
-        )
+        origin = f"CIFAR-10 from `{source.get('source')}`" + accuracy_caveat(source)
         protocol = f"The first {n_train_val:,} training images are split"
     else:  # the lab's protocol is CIFAR-10's; another data set gets stratified samples of the same sizes
         origin = (

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from cnnlab import explain
-from cnnlab.evaluation import class_indices
-from cnnlab.lab import LabContext, Section, Table
-from cnnlab.models import LAB_MODELS
+from cnnlab.data.arrays import class_indices
+from cnnlab.evaluate import filters
+from cnnlab.lab.context import LabContext
+from cnnlab.lab.store import Section, Table
+from cnnlab.models.cnn import LAB_MODELS
 from cnnlab.plots import plot_results
-from cnnlab.summary import summary_rows
+from cnnlab.train.summary import summary_rows
 
 ESTIMATED_SECONDS = {"full": 460, "quick": 100, "tiny": 15}
 
@@ -53,8 +54,8 @@ def feature_maps_of_one_image(ctx: LabContext, key: str, model) -> tuple[tuple[s
     image = data.x_test[0]
     names = data.class_names
     label = names[int(class_indices(data.y_test[:1])[0])]
-    blocks = explain.feature_maps(model, image)
-    explain.feature_map_figure(image, blocks, ctx.path("figures", "feature_maps.png"))
+    blocks = filters.feature_maps(model, image)
+    filters.feature_map_figure(image, blocks, ctx.path("figures", "feature_maps.png"))
     shapes = [tuple(image.shape), *(block.shape for block in blocks)]
     table = Table(
         f"Feature maps of test image 0 ({label}) through run {key}'s conv blocks, after BatchNorm and pooling",
@@ -128,7 +129,6 @@ def _answers(results: dict, best_key: str, data, model_c, maps_sentence: str) ->
     conv_rows = [row for row in layer_rows if row[1] == "Conv2D"]
     second_conv = conv_rows[1]
     filters_in, filters_out = 16, 32
-    gap = a["train_accuracy"] - a["test_accuracy"]
     height, width, channels = data.input_shape
     n_train = len(data.x_train)
     # Without pooling, the flattened 4-conv feature map would stay height x width x 128 before a 50-node dense
@@ -136,16 +136,7 @@ def _answers(results: dict, best_key: str, data, model_c, maps_sentence: str) ->
     dense_without_pool = height * width * 128 * 50 + 50
     dense_with_pool = (height // 16) * (width // 16) * 128 * 50 + 50
     return [
-        (
-            "13. How big is the difference between training and test accuracy?",
-            f"Run A reaches {a['train_accuracy']:.1%} on its training images but {a['test_accuracy']:.1%} on the test "
-            f"images: a gap of {gap:.1%} points. "
-            + (
-                f"That gap is the signature of overfitting: the network memorises its {n_train:,} images."
-                if gap > 0.1
-                else "The gap is small, so this run is not overfitting much."
-            ),
-        ),
+        _overfitting_answer(a, n_train),
         (
             "14. Why a smaller batch size than the 10,000 of the DNN lab?",
             f"An image batch is large: the first conv layer alone outputs {height}x{width}x16 floats per image, "
@@ -202,3 +193,18 @@ def _answers(results: dict, best_key: str, data, model_c, maps_sentence: str) ->
             f"{results[best_key]['test_accuracy']:.1%}. The recipe in the 'best configuration' part goes further.",
         ),
     ]
+
+
+def _overfitting_answer(a: dict, n_train: int) -> tuple[str, str]:
+    """Question 13: run A's gap between training and test accuracy."""
+    gap = a["train_accuracy"] - a["test_accuracy"]
+    return (
+        "13. How big is the difference between training and test accuracy?",
+        f"Run A reaches {a['train_accuracy']:.1%} on its training images but {a['test_accuracy']:.1%} on the test "
+        f"images: a gap of {gap:.1%} points. "
+        + (
+            f"That gap is the signature of overfitting: the network memorises its {n_train:,} images."
+            if gap > 0.1
+            else "The gap is small, so this run is not overfitting much."
+        ),
+    )

@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab import explain
-from cnnlab.augment import Augmentation
-from cnnlab.errors import DataError
-from cnnlab.evaluation import (
-    LAB_SIZES,
-    class_indices,
-    confusion_matrix,
-    evaluate_rotated,
-    evaluate_sizes,
-    misclassified,
-    myrotate,
-    per_class_accuracy,
-    resize_images,
-)
-from cnnlab.lab import LabContext, Section, Table, accuracy_caveat
+from cnnlab.core.errors import DataError
+from cnnlab.data.arrays import class_indices
+from cnnlab.data.augment import Augmentation
+from cnnlab.data.cifar import accuracy_caveat
+from cnnlab.evaluate import explain
+from cnnlab.evaluate.generalization import LAB_SIZES, evaluate_rotated, evaluate_sizes, myrotate, resize_images
+from cnnlab.evaluate.metrics import confusion_matrix, misclassified, per_class_accuracy
+from cnnlab.lab.context import LabContext
 from cnnlab.lab.p4_cnn import LAB_RUNS
+from cnnlab.lab.store import Section, Table
 from cnnlab.plots import (
     augmentation_preview,
     confusion_matrix_figure,
@@ -49,20 +43,13 @@ def lab_cnn(ctx: LabContext):
     return ctx.trained_model(BEST_RUN, build, batch_size, ctx.epochs(*LAB_EPOCHS))
 
 
-def central_share(maps: np.ndarray) -> float:
-    """Mean share of the maps' weight inside the central half of each side (a quarter of the area)."""
-    height, width = maps.shape[1:]
-    centre = maps[:, height // 4 : height - height // 4, width // 4 : width - width // 4].sum((1, 2))
-    return float(np.mean(centre / np.maximum(maps.sum((1, 2)), 1e-12)))
-
-
 def _grad_cam_figure(ctx: LabContext, model, data, indices, name: str, caption: str) -> tuple[list, float | None]:
     """Grad-CAM of the given test images as one figure; no figure when there are none."""
     if not len(indices):
         return [], None
     cams = explain.grad_cam(model, data.x_test[indices])
     explain.overlay_figure(cams, ctx.path("figures", name), true_labels=class_indices(data.y_test[indices]))
-    return [(f"figures/{name}", f"{caption} (Grad-CAM at {cams.layer})")], central_share(cams.maps)
+    return [(f"figures/{name}", f"{caption} (Grad-CAM at {cams.layer})")], explain.central_share(cams.maps)
 
 
 def explain_mistakes(ctx: LabContext, model, probabilities: np.ndarray, mistakes) -> Section:
@@ -239,21 +226,7 @@ def run(ctx: LabContext) -> Section:
     size_answers, sizes = _size_answers(ctx, model, data, rotated, caveat)
     plain_acc, augmented_acc = history["accuracy"], augmented_history["accuracy"]
     answers = [
-        (
-            "24. What is the test accuracy on rotated test images, compared to unrotated ones? Why the difference?",
-            f"Run {BEST_RUN} ({label}) scores {rotated['original']:.1%} on the test images and "
-            f"{rotated['rotated']:.1%} on the same images turned 90 degrees{caveat}: {abs(rotated['drop']):.1%} points "
-            f"{'lower' if rotated['drop'] >= 0 else 'higher'}, where guessing would score {1 / data.num_classes:.0%}. "
-            "The filters learned what upright objects look like (sky above, wheels and legs below); no training "
-            "image showed them turned, and neither convolution nor pooling is invariant to rotation. The model "
-            f"trained with augmentation (rotations of at most {LAB_AUGMENTATION['rotation_range']} degrees) scores "
-            f"{augmented_rotated:.1%} on the turned images, "
-            + (
-                "so small rotations help a little with quarter turns."
-                if augmented_rotated > rotated["rotated"] + 0.02
-                else "so small rotations do not teach quarter turns."
-            ),
-        ),
+        _rotation_answer(label, rotated, augmented_rotated, caveat, data.num_classes),
         _memory_answer(ctx, data),
         *_training_answers(history, augmented_history, rotated, augmented_test, caveat),
         *size_answers,
@@ -294,6 +267,25 @@ def run(ctx: LabContext) -> Section:
             "sizes": {str(size): accuracy for size, accuracy in sizes.items()},
             **explained.facts,
         },
+    )
+
+
+def _rotation_answer(label: str, rotated: dict, augmented_rotated: float, caveat: str, num_classes: int):
+    """Question 24: the plain and the augmented model on quarter-turned test images."""
+    return (
+        "24. What is the test accuracy on rotated test images, compared to unrotated ones? Why the difference?",
+        f"Run {BEST_RUN} ({label}) scores {rotated['original']:.1%} on the test images and "
+        f"{rotated['rotated']:.1%} on the same images turned 90 degrees{caveat}: {abs(rotated['drop']):.1%} points "
+        f"{'lower' if rotated['drop'] >= 0 else 'higher'}, where guessing would score {1 / num_classes:.0%}. "
+        "The filters learned what upright objects look like (sky above, wheels and legs below); no training "
+        "image showed them turned, and neither convolution nor pooling is invariant to rotation. The model "
+        f"trained with augmentation (rotations of at most {LAB_AUGMENTATION['rotation_range']} degrees) scores "
+        f"{augmented_rotated:.1%} on the turned images, "
+        + (
+            "so small rotations help a little with quarter turns."
+            if augmented_rotated > rotated["rotated"] + 0.02
+            else "so small rotations do not teach quarter turns."
+        ),
     )
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 import json
 import math
 
-from cnnlab.carbon import CARBON_FILE, SWEEP_MODEL, CarbonSettings, carbon_sweep, plot_carbon_sweep
-from cnnlab.lab import LabContext, Section, Table, accuracy_caveat
+from cnnlab.carbon.settings import CarbonSettings
+from cnnlab.carbon.tracker import CARBON_FILE
+from cnnlab.data.cifar import accuracy_caveat
+from cnnlab.experiments.carbon_sweep import carbon_sweep, plot_carbon_sweep
+from cnnlab.lab.context import LabContext
+from cnnlab.lab.store import Section, Table
+from cnnlab.models.cnn import SWEEP_MODEL
 
 ESTIMATED_SECONDS = {"full": 125, "quick": 20, "tiny": 15}
 SWEEP_DIR = "carbon-sweep"

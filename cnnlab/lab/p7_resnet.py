@@ -14,21 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab import explain
-from cnnlab.errors import DataError
-from cnnlab.lab import LabContext, PartSkipped, Section, Table
-from cnnlab.lab.p5_generalization import central_share
-from cnnlab.pretrained import (
-    INPUT_SIZE,
-    STAGES,
-    ResNet50,
-    classify_photos,
-    count_conv_layers,
-    count_params,
-    load_resnet50,
-    plot_predictions,
-    resolve_weights_path,
-)
+from cnnlab.core.errors import DataError
+from cnnlab.evaluate import explain
+from cnnlab.evaluate.imagenet import classify_photos, plot_predictions
+from cnnlab.lab.context import LabContext, PartSkipped
+from cnnlab.lab.store import Section, Table
+from cnnlab.models.resnet50 import INPUT_SIZE, STAGES, ResNet50, count_conv_layers
+from cnnlab.models.resnet50_weights import load_resnet50, resolve_weights_path
+from cnnlab.train.summary import count_params
 
 ESTIMATED_SECONDS = {"full": 10, "quick": 10, "tiny": 30}
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -73,7 +66,7 @@ def _photos(ctx: LabContext) -> list[Path]:
 
 def _classify(ctx: LabContext) -> tuple[dict, list[str]]:
     """Load the weights and classify the photos; a missing or unreadable input becomes a note instead."""
-    from cnnlab.device import pick_device
+    from cnnlab.core.runtime import pick_device
 
     try:
         photos = _photos(ctx)
@@ -101,7 +94,7 @@ def photo_grad_cams(ctx: LabContext, model: ResNet50, results) -> dict:
     explain.overlay_figure(
         cams, ctx.path("figures", "resnet_gradcam.png"), titles=[result.path.name for result in results]
     )
-    shares = {result.path.name: central_share(cams.maps[i : i + 1]) for i, result in enumerate(results)}
+    shares = {result.path.name: explain.central_share(cams.maps[i : i + 1]) for i, result in enumerate(results)}
     seconds = time.perf_counter() - started
     return {"layer": cams.layer, "map_shape": cams.raw.shape[1:], "seconds": seconds, "central_share": shares}
 
@@ -113,7 +106,6 @@ def run(ctx: LabContext) -> Section:
     counts = count_params(model)
     blocks = sum(count for _, _, count, _ in STAGES)
     macs = _multiply_adds(model, INPUT_SIZE)
-    hessian_entries = counts.trainable**2
     training_ops = IMAGENET_TRAIN_IMAGES * IMAGENET_EPOCHS * 3 * macs
 
     results = classified.get("results", [])
@@ -136,6 +128,41 @@ def run(ctx: LabContext) -> Section:
     tables += photo_tables
 
     answers = [
+        *_structure_answers(convs, counts, blocks),
+        (
+            "35. What is the carbon footprint of using a pre-trained network compared to training one from scratch?",
+            _carbon_answer(classified, macs, training_ops),
+        ),
+    ]
+    if results:
+        answers.append(("Are the predictions correct, and how certain is the network?", _certainty_answer(results)))
+        answers.append(("Where does ResNet50 look in the photos?", _grad_cam_answer(classified["gradcam"])))
+    return Section(
+        key="resnet",
+        title="Part 7: Pre-trained 2D CNNs",
+        intro="Keras' ResNet50 with its ImageNet weights, rebuilt layer for layer in PyTorch"
+        + (f" (weights: {classified['weights']})" if classified else "")
+        + ". Its structure is counted from the network itself.",
+        figures=figures,
+        tables=tables,
+        answers=answers,
+        facts={
+            "conv_layers": convs.total,
+            "main_path_convs": convs.main_path,
+            "trainable": counts.trainable,
+            "non_trainable": counts.non_trainable,
+            "multiply_adds": macs,
+            "photos": {r.path.name: r.top[0][1] for r in results},
+            "gradcam_central_share": classified.get("gradcam", {}).get("central_share", {}),
+        },
+        missing="; ".join(missing),
+    )
+
+
+def _structure_answers(convs, counts, blocks: int) -> list[tuple[str, str]]:
+    """Questions 31-34, from the counts of the network itself."""
+    hessian_entries = counts.trainable**2
+    return [
         (
             "31. How many convolutional layers does ResNet50 have?",
             f"{convs.total} Conv2D layers: {convs.main_path} on the main path (the 7x7 stem conv, then {blocks} "
@@ -165,34 +192,7 @@ def run(ctx: LabContext) -> Section:
             "forward passes (back-propagation), so first-order methods (SGD, Adam) win; quasi-Newton and "
             "Hessian-vector methods exist but are rarely worth it.",
         ),
-        (
-            "35. What is the carbon footprint of using a pre-trained network compared to training one from scratch?",
-            _carbon_answer(classified, macs, training_ops),
-        ),
     ]
-    if results:
-        answers.append(("Are the predictions correct, and how certain is the network?", _certainty_answer(results)))
-        answers.append(("Where does ResNet50 look in the photos?", _grad_cam_answer(classified["gradcam"])))
-    return Section(
-        key="resnet",
-        title="Part 7: Pre-trained 2D CNNs",
-        intro="Keras' ResNet50 with its ImageNet weights, rebuilt layer for layer in PyTorch"
-        + (f" (weights: {classified['weights']})" if classified else "")
-        + ". Its structure is counted from the network itself.",
-        figures=figures,
-        tables=tables,
-        answers=answers,
-        facts={
-            "conv_layers": convs.total,
-            "main_path_convs": convs.main_path,
-            "trainable": counts.trainable,
-            "non_trainable": counts.non_trainable,
-            "multiply_adds": macs,
-            "photos": {r.path.name: r.top[0][1] for r in results},
-            "gradcam_central_share": classified.get("gradcam", {}).get("central_share", {}),
-        },
-        missing="; ".join(missing),
-    )
 
 
 def _photo_tables_and_figures(classified: dict, results) -> tuple[list[Table], list[tuple[str, str]]]:
@@ -256,7 +256,7 @@ def _carbon_answer(classified: dict, macs: int, training_ops: int) -> str:
         years = per_image * equivalent_images / (365 * 24 * 3600)
         here = (
             f" Here a photo took {per_image:.2f} s, so that training would keep this machine busy for about "
-            f"{years:,.0f} years."
+            f"{years:,.0f} year{'' if round(years) == 1 else 's'}."
         )
     return (
         f"Much lower. Using it costs one forward pass per image, {macs / 1e9:.1f} billion multiply-adds. Training "

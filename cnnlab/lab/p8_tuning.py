@@ -7,8 +7,12 @@ again once and tested. The study is kept in SQLite, so a killed run continues it
 
 from __future__ import annotations
 
-from cnnlab.lab import LabContext, Section, Table, accuracy_caveat
-from cnnlab.tuning import TuneSettings, parse_space, tune
+from cnnlab.data.cifar import accuracy_caveat
+from cnnlab.experiments.tune.search import tune
+from cnnlab.experiments.tune.space import parse_space
+from cnnlab.experiments.tune.study import TuneSettings
+from cnnlab.lab.context import LabContext
+from cnnlab.lab.store import Section, Table
 
 ESTIMATED_SECONDS = {"full": 290, "quick": 35, "tiny": 20}
 SPACE = {

@@ -12,10 +12,13 @@ from dataclasses import replace
 
 import matplotlib.pyplot as plt
 
-from cnnlab.lab import LabContext, Section, Table, _finished, accuracy_caveat, read_history
-from cnnlab.models import load_model
+from cnnlab.data.cifar import accuracy_caveat
+from cnnlab.evaluate.tta import evaluate_tta, member_accuracies
+from cnnlab.experiments.recipes import RECIPES, Recipe, build_model, fit_recipe
+from cnnlab.lab.context import LabContext, read_history, run_finished
+from cnnlab.lab.store import Section, Table
+from cnnlab.models.registry import load_model
 from cnnlab.plots import plot_results, save_figure
-from cnnlab.recipes import RECIPES, Recipe, build_model, evaluate_tta, fit_recipe, member_accuracies
 
 ESTIMATED_SECONDS = {"full": 660, "quick": 130, "tiny": 20}
 LAB_TARGET = "52-58%"  # what the lab's students reached with their own configurations
@@ -25,7 +28,7 @@ def _trained(ctx: LabContext, key: str, recipe: Recipe):
     """Train a recipe in OUT/runs/KEY (resumable); a run that finished in an earlier process is loaded."""
     data = ctx.lab_data()
     run = ctx.out / "runs" / key
-    if _finished(run, recipe.epochs):
+    if run_finished(run, recipe.epochs):
         model = load_model(run, device=ctx.device)
     else:
         model = build_model(recipe, data.x_train, seed=0, device=ctx.device, class_names=data.class_names)

@@ -1,0 +1,3 @@
+"""The version of cnnlab: written into every model file, ONNX export and report."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""``load_dataset``: one entry point for every data source (CIFAR-10/100, .npz, image folders).
+
+A new data source is a loader that returns an ``ImageDataset`` plus one branch here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.data.cifar import (
+    LABEL_MODES,
+    cifar_kind,
+    load_cifar,
+)
+from cnnlab.data.dataset import SPEC_HELP, ImageDataset
+from cnnlab.data.folders import load_folder
+from cnnlab.data.images import COLOR_MODES, MAX_IMAGE_PIXELS
+from cnnlab.data.npz import load_npz, split_npz
+
+
+def load_dataset(
+    spec: str | os.PathLike | None = None,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    color_mode: str = "rgb",
+    crop_to_aspect_ratio: bool = False,
+    validation_split: float | None = None,
+    seed: int = 0,
+    label_mode: str = "fine",
+    strict: bool = False,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    progress: bool = True,
+) -> ImageDataset:
+    """Load a data set from a spec: None or "cifar10" ($CNNLAB_CIFAR10), "cifar100" ($CNNLAB_CIFAR100),
+    a folder of class subfolders, an .npz, or a CIFAR-10/100 archive or folder (recognised by its contents).
+
+    Folders follow Keras' ``image_dataset_from_directory``: class names are the sorted subfolder names;
+    ``train/`` and ``test/`` (or ``val/``) inside give the split, else ``validation_split`` (stratified,
+    ``seed``) holds out a test share. ``image_size`` (h, w) or an int for squares; when None it is the most
+    common size among up to 200 sampled images, shrunk to 256 on its longer side. ``crop_to_aspect_ratio``
+    cuts the centre instead of squashing; ``color_mode`` is "rgb" or "grayscale". Unreadable images are
+    skipped with a warning, or refused with ``strict=True``. ``label_mode`` picks CIFAR-100's 100 fine or
+    20 coarse classes. The size, colour and crop options apply to folders only.
+    """
+    size = _as_size(image_size)
+    if color_mode not in COLOR_MODES:
+        raise ConfigError(f"color_mode must be one of {COLOR_MODES}, got {color_mode!r}")
+    if label_mode not in LABEL_MODES:
+        raise ConfigError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    if validation_split is not None and not 0 < validation_split < 1:
+        raise ConfigError(f"validation_split must lie between 0 and 1 (e.g. 0.2), got {validation_split}")
+    name = str(spec).lower() if spec is not None else "cifar10"
+    if name in ("cifar10", "cifar100"):
+        return _check_options(load_cifar(name, None, label_mode), size, color_mode, validation_split)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"--data {spec}: no such file or folder; {SPEC_HELP}")
+    kind = cifar_kind(path)
+    if kind:
+        return _check_options(load_cifar(kind, path, label_mode), size, color_mode, validation_split)
+    if path.suffix.lower() == ".npz":
+        return split_npz(_check_options(load_npz(path), size, color_mode), validation_split, seed)
+    if not path.is_dir():
+        raise DataError(f"{path}: not an image folder, .npz or CIFAR archive; {SPEC_HELP}")
+    settings = {
+        "image_size": size,
+        "color_mode": color_mode,
+        "resize": "crop" if crop_to_aspect_ratio else "stretch",
+        "validation_split": validation_split,
+        "seed": seed,
+        "max_pixels": max_pixels,
+    }
+    return load_folder(path, settings, strict, progress)
+
+
+def _as_size(image_size) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(side, int) and side >= 1 for side in size):
+        raise ConfigError(f"image_size must be an int or (height, width) of positive ints, got {image_size!r}")
+    return size
+
+
+def _check_options(dataset: ImageDataset, size, color_mode: str, validation_split=None) -> ImageDataset:
+    """Archives and arrays come at one size, with a test split; say so instead of ignoring a folder option."""
+    if validation_split is not None:
+        raise ConfigError(f"{dataset.origin['path']} has its own test split; leave out --validation-split")
+    height, width, channels = dataset.image_shape
+    if size is not None and size != (height, width):
+        raise ConfigError(
+            f"{dataset.origin['path']} holds {height}x{width} images; --image-size applies to image folders only"
+        )
+    if color_mode == "grayscale" and channels != 1:
+        raise ConfigError(f"{dataset.origin['path']} holds colour images; --color-mode applies to image folders only")
+    return dataset

@@ -1,0 +1,428 @@
+"""A Keras-like ``Model`` around a PyTorch network: compile settings, fit, evaluate, predict, save.
+
+The training loop is written by hand rather than taken from a trainer library on purpose: the lab's
+models are tiny, so per-step overhead decides speed, and ``benchmarks/train_speed.py`` holds this
+loop to a minimal hand-written one. Everything else fit does (progress, history.csv, checkpoints,
+the NaN stop, the run folder's files) is a callback in cnnlab.callbacks. Data stays in one tensor on
+the training device (uint8 images stay uint8 there and are scaled per batch); batches are index
+slices of it, in NHWC memory, which PyTorch sees as channels_last NCHW for free.
+
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.core.files import atomic_write
+from cnnlab.core.runtime import cpu_has_bf16, pick_device
+from cnnlab.train.callbacks import (
+    BackupAndRestore,
+    Callback,
+    CallbackList,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    ProgbarLogger,
+    RunFolder,
+    TerminateOnNaN,
+)
+from cnnlab.train.checkpoint import CHECKPOINT
+from cnnlab.train.inputs import SYMMETRIC, Preprocessing, as_tensor, device_images, nchw, scale_batch
+from cnnlab.train.optim import MuonSGD
+from cnnlab.train.summary import count_params, format_summary
+
+__all__ = ["CHECKPOINT", "Callback", "EarlyStopping", "History", "Model", "check_compile_settings"]
+
+
+LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "muon")
+MODEL_FORMAT = "cnnlab-model"
+MODEL_FORMAT_VERSION = "1"
+
+
+def check_compile_settings(
+    optimizer: str, learning_rate: float, loss: str = LOSSES[0], l2: float = 0.0, weight_decay: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> None:  # fmt: skip
+    """The one place that says which training settings are valid (configs and Model both ask it)."""
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; choose one of {LOSSES} (both take logits internally)")
+    if str(optimizer).lower() not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    if not learning_rate > 0 or l2 < 0 or weight_decay < 0 or not 0 <= label_smoothing < 1:
+        raise ConfigError("need learning_rate > 0, l2 >= 0, weight_decay >= 0 and 0 <= label_smoothing < 1")
+
+
+class Model:
+    """A compiled network: Keras' fit/evaluate/predict/summary on PyTorch.
+
+    Inputs are NHWC arrays or tensors: uint8 images (kept uint8 on the device and scaled per batch,
+    as airbench does) or floats already scaled to [-1, 1]; labels are integers or one-hot.
+    ``config`` (a model config such as CNNConfig) describes the network so ``save``/``load_model``
+    can rebuild it; a bare network without one needs ``num_classes``.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        input_shape: Sequence[int],
+        optimizer: str = "adam",
+        learning_rate: float = 0.01,
+        loss: str = "categorical_crossentropy",
+        l2: float = 0.0,
+        label_smoothing: float = 0.0,
+        weight_decay: float = 0.0,
+        config: Any | None = None,
+        device: str | torch.device | None = "auto",
+        variable_input_size: bool = False,
+        mixed_precision: bool = True,
+        num_classes: int | None = None,
+        preprocessing: Preprocessing | None = None,
+        filter_lr: float = 0.24,
+        cpu_bf16: bool = False,
+    ):
+        check_compile_settings(optimizer, learning_rate, loss, l2, weight_decay, label_smoothing)
+        if config is None and num_classes is None:
+            raise ConfigError("a Model needs a config (e.g. CNNConfig) or num_classes")
+        self.device = pick_device(device)
+        self.network = network.to(self.device, memory_format=torch.channels_last)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.optimizer_name, self.learning_rate, self.loss_name = optimizer.lower(), learning_rate, loss
+        self.l2, self.label_smoothing, self.weight_decay = l2, label_smoothing, weight_decay
+        self.filter_lr = filter_lr  # Muon's step for conv filters (optimizer "muon"); airbench94_muon's 0.24
+        self.cpu_bf16 = cpu_bf16
+        self.config = config
+        self.num_classes = int(config.num_classes if config is not None else num_classes)
+        names = getattr(config, "class_names", None)
+        self.class_names: tuple[str, ...] = tuple(names) if names else tuple(str(i) for i in range(self.num_classes))
+        self.preprocessing = preprocessing or SYMMETRIC
+        self.variable_input_size = variable_input_size
+        self.optimizer = self._make_optimizer()
+        self.amp_dtype = self._amp_dtype() if mixed_precision else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.stop_training = False
+        self.history: History | None = None
+        self._order = torch.Generator()  # the shuffling order of fit, part of its checkpoints
+        self._initial_epoch = 0
+        # Keras' l2 regularizer penalises kernels only, not biases or BatchNorm.
+        self._kernels = [m.weight for m in self.network.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params, lr, wd = self.network.parameters(), self.learning_rate, self.weight_decay
+        # Keras defaults: Adam/RMSprop epsilon 1e-7, RMSprop rho 0.9.
+        return {
+            "adam": lambda: torch.optim.Adam(params, lr=lr, eps=1e-7, weight_decay=wd),
+            "adamw": lambda: torch.optim.AdamW(params, lr=lr, eps=1e-7, weight_decay=wd or 0.01),
+            "nadam": lambda: torch.optim.NAdam(params, lr=lr, eps=1e-7, weight_decay=wd),
+            "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
+            "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, weight_decay=wd),
+            "muon": lambda: MuonSGD(self.network, lr=lr, filter_lr=self.filter_lr, weight_decay=wd),
+        }[self.optimizer_name]()
+
+    def _amp_dtype(self):
+        if self.device.type == "cpu":
+            # Opt-in: bfloat16 makes RecipeNet's steps 1.6x faster on CPUs with bf16 units; the lab's
+            # small models keep float32 so their numbers stay those of the lab.
+            return torch.bfloat16 if self.cpu_bf16 and cpu_has_bf16() else None
+        if self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @contextmanager
+    def in_float32(self):
+        """Compute in float32 inside the block, whatever the model's mixed precision (an ONNX export is
+        float32, so its parity check compares against this)."""
+        saved, self.amp_dtype = self.amp_dtype, None
+        try:
+            yield self
+        finally:
+            self.amp_dtype = saved
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def _images(self, x, name: str = "x") -> torch.Tensor:
+        """NHWC array -> NHWC tensor on the device: uint8 stays uint8 (``scaled`` makes floats per
+        batch), anything else becomes float32. Batches are permuted to NCHW views later."""
+        tensor = device_images(x, self.device, name)
+        if tensor.dtype == torch.uint8 and self.preprocessing.scale != "symmetric":
+            raise DataError(
+                f"{name} is uint8, but this model takes {self.preprocessing.scale}-scaled inputs; "
+                "prepare them as its preprocessing says"
+            )
+        if tensor.shape[3] != self.input_shape[2]:
+            raise DataError(
+                f"{name} has {tensor.shape[3]} channels; the model expects {self.input_shape[2]} (NHWC layout)"
+            )
+        if tuple(tensor.shape[1:3]) != self.input_shape[:2] and not self.variable_input_size:
+            raise DataError(
+                f"{name} has images of {tensor.shape[1]}x{tensor.shape[2]}, but this model was built for "
+                f"{self.input_shape[0]}x{self.input_shape[1]}: its Flatten layer feeds a Dense layer whose size "
+                "depends on the image size. Build it with head='gap' (global average pooling) or head='fcn' "
+                "to accept any size"
+            )
+        return tensor
+
+    def scaled(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch as the network takes it: uint8 scaled to [-1, 1] (x / 127.5 - 1), floats unchanged."""
+        return scale_batch(images)
+
+    def _labels(self, y, n: int, name: str = "y") -> torch.Tensor:
+        """Integer labels (N,), (N, 1) or one-hot (N, C) -> int64 tensor on the device."""
+        labels = as_tensor(y)
+        classes = self.num_classes
+        if labels.ndim == 2 and labels.shape[1] == classes:
+            labels = labels.argmax(1)
+        elif labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1 or len(labels) != n:
+            raise DataError(
+                f"{name} must hold one label per image ({n}), as integers or one-hot; got {tuple(labels.shape)}"
+            )
+        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+            raise DataError(f"{name} holds non-integer values; give class indices 0..{classes - 1} or one-hot rows")
+        labels = labels.long()
+        if n and (labels.min() < 0 or labels.max() >= classes):
+            raise DataError(
+                f"{name} has labels outside 0..{classes - 1} (min {int(labels.min())}, max {int(labels.max())})"
+            )
+        return labels.to(self.device)
+
+    def _fit_data(self, x, y, validation_data, validation_split: float):
+        """Training and validation tensors on the device, split as Keras splits (the last part)."""
+        images = self._images(x)
+        labels = self._labels(y, len(images))
+        val_images = val_labels = None
+        if validation_data is not None:
+            if validation_split:
+                raise ConfigError("give validation_data or validation_split, not both")
+            val_images = self._images(validation_data[0], "validation x")
+            val_labels = self._labels(validation_data[1], len(val_images), "validation y")
+        elif validation_split:
+            if not 0 < validation_split < 1:
+                raise ConfigError(f"validation_split must be in (0, 1), got {validation_split}")
+            cut = len(images) - int(round(len(images) * validation_split))
+            images, val_images, labels, val_labels = images[:cut], images[cut:], labels[:cut], labels[cut:]
+        if len(images) == 0:
+            raise DataError("no training images")
+        return images, labels, val_images, val_labels
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if logits.ndim == 3:  # an ensemble while training: (members, N, classes), each member on its own
+            logits, labels = logits.flatten(0, 1), labels.repeat(len(logits))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        if self.l2:
+            loss = loss + self.l2 * sum(w.pow(2).sum() for w in self._kernels)
+        return loss
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor):
+        with self._autocast():
+            logits = self.network(images)
+        loss = self._loss(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        predicted = (logits.detach().mean(0) if logits.ndim == 3 else logits.detach()).argmax(1)
+        return loss.detach(), (predicted == labels).sum()
+
+    @torch.no_grad()
+    def _logits(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        self.network.eval()
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = nchw(self.scaled(images[start : start + batch_size]))
+            with self._autocast():
+                outputs.append(self.network(batch).float())
+        return torch.cat(outputs) if outputs else torch.empty(0, self.num_classes, device=self.device)
+
+    def _evaluate_tensors(self, images, labels, batch_size: int) -> dict[str, float]:
+        logits = self._logits(images, batch_size)
+        loss = self._loss(logits, labels).item() if len(labels) else float("nan")
+        return {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean().item()}
+
+    def _train_epoch(self, images, labels, batch_size: int, shuffle: bool, augment, callbacks: CallbackList):
+        """One pass over the training tensors; the loss and hit counts are summed on the device and
+        read once at the end, so no step waits for the device."""
+        self.network.train()
+        count = len(images)
+        perm = torch.randperm(count, generator=self._order).to(self.device) if shuffle else None
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for step in range(math.ceil(count / batch_size)):
+            window = slice(step * batch_size, (step + 1) * batch_size)
+            index = perm[window] if shuffle else window
+            batch_images = nchw(self.scaled(images[index]))  # NHWC memory = channels_last NCHW
+            if augment is not None:
+                batch_images = augment(batch_images)
+            batch_labels = labels[index]
+            logs = {"size": len(batch_labels)}
+            callbacks.on_train_batch_begin(step, logs)
+            loss, hits = self._train_step(batch_images, batch_labels)
+            loss_sum += loss * logs["size"]
+            correct += hits
+            logs["loss"], logs["correct"] = loss, hits
+            callbacks.on_train_batch_end(step, logs)
+        return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
+
+    def fit(
+        self,
+        x,
+        y,
+        batch_size: int = 32,
+        epochs: int = 1,
+        verbose: int = 1,
+        validation_data: tuple | None = None,
+        validation_split: float = 0.0,
+        shuffle: bool = True,
+        callbacks: Sequence[Callback] | None = None,
+        seed: int | None = None,
+        run_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> History:
+        """Train; one epoch is one pass over ``x``. Returns a History with loss/accuracy (+ val_*).
+
+        ``x`` holds uint8 NHWC images (scaled per batch on the device) or floats in [-1, 1].
+        ``augment`` transforms each training batch (NCHW float tensor on the device) and never
+        touches validation data; its get_state/set_state, if it has them, go into checkpoints.
+        With ``run_dir`` every epoch is checkpointed (the last two kept, each verified) and
+        ``resume=True`` continues a killed run from its last intact checkpoint.
+        """
+        if batch_size < 1 or epochs < 0:
+            raise ConfigError(f"need batch_size >= 1 and epochs >= 0, got {batch_size} and {epochs}")
+        images, labels, val_images, val_labels = self._fit_data(x, y, validation_data, validation_split)
+        seed = int(getattr(self.config, "seed", None) or 0) if seed is None else seed
+        torch.manual_seed(seed)
+        self._order, self._initial_epoch = torch.Generator().manual_seed(seed), 0
+        params = {"batch_size": batch_size, "epochs": epochs, "samples": len(images), "seed": seed}
+        run = Path(run_dir) if run_dir else None
+        if run:
+            run.mkdir(parents=True, exist_ok=True)
+        history = History()
+        callback_list = self._callback_list(history, list(callbacks or []), verbose, run, resume, augment, params)
+        self.history, self.stop_training, completed = history, False, False
+        eval_batch = max(batch_size, 512)
+        try:
+            callback_list.on_train_begin()
+            for epoch in range(self._initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
+                logs = self._train_epoch(images, labels, batch_size, shuffle, augment, callback_list)
+                if val_images is not None:
+                    val = self._evaluate_tensors(val_images, val_labels, eval_batch)
+                    logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                callback_list.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            completed = True
+        finally:
+            callback_list.on_train_end({} if completed else {"interrupted": True})
+        return history
+
+    def _callback_list(self, history, user, verbose, run, resume, augment, params) -> CallbackList:
+        """fit's own callbacks beside the user's; CallbackList puts them in order (``Callback.order``):
+        the checkpoint before history.csv, so the csv never shows an epoch a resume would lose."""
+        history.params = params
+        callbacks = [history, TerminateOnNaN(), *user]
+        if verbose:
+            callbacks.append(ProgbarLogger(verbose))
+        writers = [BackupAndRestore(run, resume, augment, verbose), RunFolder(run, history)] if run else []
+        if run:
+            callbacks += [*writers, CSVLogger(run / "history.csv", history)]
+        callback_list = CallbackList(callbacks, self, params, run)
+        for writer in writers:
+            writer.callbacks = callback_list
+        return callback_list
+
+    def evaluate(self, x, y, batch_size: int = 512, verbose: int = 0) -> list[float]:
+        """[loss, accuracy] on the given data, in inference mode (dropout off, BatchNorm frozen)."""
+        images = self._images(x)
+        result = self._evaluate_tensors(images, self._labels(y, len(images)), batch_size)
+        if verbose:
+            print(f"loss: {result['loss']:.4f} - accuracy: {result['accuracy']:.4f}")
+        return [result["loss"], result["accuracy"]]
+
+    def predict(self, x, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities (softmax of the logits), shape (N, num_classes)."""
+        return torch.softmax(self._logits(self._images(x), batch_size), 1).cpu().numpy()
+
+    def summary(self, print_fn: Callable[[str], None] | None = print) -> str:
+        text = format_summary(self.network, self.input_shape, title=getattr(self.config, "kind", "model"))
+        if print_fn:
+            print_fn(text)
+        return text
+
+    def count_params(self):
+        return count_params(self.network)
+
+    def metadata(self) -> dict[str, str]:
+        """What a saved model file says about itself, as safetensors metadata (strings only)."""
+        if self.config is None:
+            raise ConfigError("only a model built from a config (create_model, build_cnn, ...) can be saved")
+        from cnnlab.core.version import __version__
+
+        return {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "kind": self.config.kind,
+            "config": json.dumps(self.config.to_dict()),
+            "class_names": json.dumps(list(self.class_names)),
+            "input_shape": json.dumps(list(self.input_shape)),
+            "preprocessing": json.dumps(self.preprocessing.to_dict()),
+            "cnnlab_version": __version__,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights as safetensors whose metadata describes the model, so ``load_model`` can rebuild it."""
+        meta = self.metadata()
+        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        atomic_write(Path(path), lambda tmp: save_file(state, tmp, metadata=meta))
+
+    def training_state(self, epochs_done: int) -> dict:
+        """Everything fit needs to continue after ``epochs_done`` epochs, as BackupAndRestore saves it."""
+        return {
+            "epochs_done": epochs_done,
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "torch_rng": torch.get_rng_state(),
+            "order_rng": self._order.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "config": self.config.to_dict() if self.config is not None else None,
+        }
+
+    def load_training_state(self, state: dict, folder: Path) -> None:
+        """Continue from ``training_state``'s dict; ``folder`` names the run in the error when the
+        saved model configuration differs from this model's."""
+        current = self.config.to_dict() if self.config is not None else None
+        if state.get("config") != current:
+            raise ConfigError(
+                f"{folder} was written by a different model configuration; resume with the same settings, "
+                "or start a new run folder"
+            )
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self._order.set_state(state["order_rng"].cpu())
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self._initial_epoch = int(state["epochs_done"])
