@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cnnlab.cli._carbon import add_carbon_options, carbon_callbacks
 from cnnlab.cli._data import add_data_options, lab_data_from_args
+from cnnlab.cli._models import DEFAULT_RECIPE, add_model_options, pick_model, resnet50_settings, train_resnet50
 from cnnlab.cli._report import report_test_results
 from cnnlab.core.errors import ConfigError
 from cnnlab.core.locks import LOCK_NAME, folder_lock
@@ -99,6 +100,7 @@ def register(subparsers) -> None:
         elif default is not None:
             kwargs["type"] = type(default)
         parser.add_argument(_flag(key), dest=key, **kwargs)
+    add_model_options(parser)
     add_carbon_options(parser, tracking_default=False)
     parser.set_defaults(func=run)
 
@@ -171,7 +173,16 @@ def _guard_existing_run(out: Path, args: argparse.Namespace) -> None:
 
 
 def _load_data(args: argparse.Namespace, settings: dict):
-    """The lab split of the data the flags and the TOML file name, kept uint8 (the trainer scales each batch)."""
+    """The lab split of the data the flags and the TOML file name, kept uint8 (the trainer scales each batch).
+
+    With --model resnet50 on data that is not a folder (CIFAR, .npz), --image-size is the size the network
+    resizes to on the device, so the images stay small in memory."""
+    folder = settings["data"] is not None and Path(settings["data"]).expanduser().is_dir()
+    args.network_image_size = None
+    if args.model == "resnet50" and args.image_size and not folder:
+        args.network_image_size, args.image_size = args.image_size, None
+    elif args.model == "resnet50" and args.image_size:
+        args.network_image_size = args.image_size
     options = argparse.Namespace(**{**vars(args), "data": settings["data"], "split_seed": settings["split_seed"]})
     return lab_data_from_args(
         options,
@@ -188,14 +199,22 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     from cnnlab.train.callbacks import EarlyStopping
 
     carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
-    recipe = _recipe(args, settings) if args.recipe else None
+    if args.recipe and args.model not in (None, "recipe"):
+        raise ConfigError(f"--recipe {args.recipe} trains the recipe's network; drop --model {args.model}")
+    recipe = _recipe(args, settings, args.recipe) if args.recipe else None
+    if args.model == "resnet50":
+        settings = resnet50_settings(args, settings, _given(args, settings))
     data = _load_data(args, settings)
+    kind, why = pick_model(args, data)
+    print(f"Model: {kind} ({why})")
     print(f"Data: {data.summary()}")
     print(f"Classes: {', '.join(data.class_names)}")
     if data.source.get("note"):
         print(f"Note: {data.source['note']}")
-    if recipe:
-        return _run_recipe(args, recipe, settings, data, out, carbon)
+    if kind == "recipe":
+        return _run_recipe(args, recipe or _recipe(args, settings, DEFAULT_RECIPE), settings, data, out, carbon)
+    if kind == "resnet50":
+        return _run_resnet50(args, settings, data, out, carbon)
     build_args = {k: settings[k] for k in build_keys()}
     model = build_cnn(input_shape=data.input_shape, class_names=data.class_names, device=args.device, **build_args)
     model.summary()
@@ -226,23 +245,29 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
 RECIPE_KEYS = {"seed", "epochs", "batch_size", *DATA_KEYS}
 
 
-def _recipe(args: argparse.Namespace, settings: dict):
+def _given(args: argparse.Namespace, settings: dict) -> set[str]:
+    """The settings the user gave, by flag or in the TOML file."""
+    given = {k for k, v in vars(args).items() if v is not None and k in settings}
+    if args.config:
+        given |= set(tomllib.loads(Path(args.config).read_text()))
+    return given
+
+
+def _recipe(args: argparse.Namespace, settings: dict, name: str):
     """The named recipe with the user's --epochs/--batch-size; other model or training flags are refused."""
     from dataclasses import replace
 
     from cnnlab.experiments.recipes import get_recipe
 
-    given = {k for k, v in vars(args).items() if v is not None and k in settings}
-    if args.config:
-        given |= set(tomllib.loads(Path(args.config).read_text()))
+    given = _given(args, settings)
     refused = sorted(given - RECIPE_KEYS)
     if refused:
         raise ConfigError(
-            f"--recipe {args.recipe} brings its own network and training settings; drop "
+            f"recipe {name} brings its own network and training settings; drop "
             + ", ".join(_flag(k) for k in refused)
             + " (only --seed, --epochs, --batch-size and the data flags apply)"
         )
-    return replace(get_recipe(args.recipe), **{k: settings[k] for k in ("epochs", "batch_size") if k in given})
+    return replace(get_recipe(name), **{k: settings[k] for k in ("epochs", "batch_size") if k in given})
 
 
 def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Path, callbacks: list) -> int:
@@ -263,5 +288,23 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
     probabilities = torch.softmax(tta_logits(model, data.x_test, recipe.tta), 1).cpu().numpy()
     test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
     print(f"Validation accuracy (TTA): {val['accuracy']:.4f}")
-    extra = {"recipe": args.recipe, "tta": recipe.tta, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+    extra = {"model": "recipe", "recipe": args.recipe or DEFAULT_RECIPE, "tta": recipe.tta}
+    extra.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
     return report_test_results(out, data, history, test, extra)
+
+
+def _run_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, callbacks: list) -> int:
+    """Fine-tune ResNet50 (cnnlab.experiments.fine_tune); test with flip TTA, as the recipes do."""
+    import torch
+
+    from cnnlab.evaluate.predict import Evaluation
+    from cnnlab.evaluate.tta import tta_logits
+
+    model, history = train_resnet50(args, settings, data, out, callbacks)
+    probabilities = torch.softmax(tta_logits(model, data.x_test, FLIP_TTA), 1).cpu().numpy()
+    test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
+    extra = {"model": "resnet50", "tta": FLIP_TTA, "freeze_epochs": settings["freeze_epochs"]}
+    return report_test_results(out, data, history, test, extra)
+
+
+FLIP_TTA = 1  # the images and their mirror images (cnnlab.evaluate.tta levels)

@@ -26,7 +26,8 @@ def register(subparsers) -> None:
         "to get 2048 features per image, train a dense softmax head on them, and report test accuracy and time "
         "beside the lab's own CNN. CIFAR-10's train images are the first N of the lab's 10,000 train/validation "
         "pool, test images the first M of its 2,000 test images; other data sets give stratified samples (and a "
-        "stratified 20% test set when they have none). With --out the trained head is saved as a cnnlab model. "
+        "stratified 20% test set when they have none). With --out the whole classifier (backbone and head) is "
+        "saved as a cnnlab model that predict accepts. "
         "Feature extraction dominates the time and grows with --size squared.",
     )
     parser.add_argument(
@@ -40,8 +41,8 @@ def register(subparsers) -> None:
         "--size",
         type=int,
         default=128,
-        help="resize the images to this size (CIFAR-10: upscale from 32 px); 224 is ImageNet's, ~3x slower than "
-        "128 (default: %(default)s)",
+        help="resize the images' shorter side to this size (CIFAR-10: upscale from 32 px); 224 is ImageNet's, ~3x "
+        "slower than 128 (default: %(default)s)",
     )
     parser.add_argument(
         "--epochs", type=int, default=30, help="passes of the head over the features (default: %(default)s)"
@@ -54,7 +55,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        help="also write the figures to OUT/transfer.json and the head to OUT/transfer_head.safetensors",
+        help="also write the figures to OUT/transfer.json and the whole model to OUT/weights.safetensors",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_data_options(parser)
@@ -85,19 +86,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--epochs and --batch-size must be at least 1")
     import torch
 
-    from cnnlab.core.runtime import pick_device
     from cnnlab.data.cifar import accuracy_caveat
     from cnnlab.experiments import transfer
-    from cnnlab.models import resnet50_weights
 
     started = time.perf_counter()
     dataset = dataset_from_args(args)
-    if dataset.image_shape[2] != 3:
-        raise ConfigError(f"ResNet50 takes RGB images, but {args.data} holds grayscale ones; leave out --color-mode")
     x_train, y_train, x_test, y_test = _split(dataset, args.train, args.test, args.seed)
-    model = resnet50_weights.load_resnet50(args.weights, progress=not args.quiet).to(pick_device(args.device))
     result = transfer.transfer_learning(
-        model,
         x_train,
         y_train,
         x_test,
@@ -108,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         seed=args.seed,
         class_names=dataset.class_names,
+        weights=args.weights,
+        device=args.device,
     )
+    model = result.model
     total = time.perf_counter() - started
     threads = torch.get_num_threads()
     height, width = dataset.image_shape[:2]
@@ -116,12 +114,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"Transfer learning: ImageNet ResNet50 (frozen) + dense softmax head on {name}")
     print(f"  classes     {', '.join(dataset.class_names)}")
     print(
-        f"  images      {result.n_train:,} train, {result.n_test:,} test, resized {height}x{width} -> "
-        f"{result.size}x{result.size} px"
+        f"  images      {result.n_train:,} train, {result.n_test:,} test, {height}x{width} px resized to a shorter "
+        f"side of {result.size} px"
     )
     print(
         f"  features    {result.feature_seconds:.1f} s ({result.images_per_second:.1f} images/s, "
-        f"{threads} CPU thread{'s' if threads > 1 else ''}, device {next(model.parameters()).device})"
+        f"{threads} CPU thread{'s' if threads > 1 else ''}, device {model.device})"
     )
     print(f"  head        {args.epochs} epochs in {result.head_seconds:.1f} s")
     print(f"  total       {total:.1f} s including data and weight loading")
@@ -141,19 +139,18 @@ def _save(args: argparse.Namespace, result, threads: int, total: float) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
-        **{key: value for key, value in result.__dict__.items() if key != "head"},
+        **{key: value for key, value in result.__dict__.items() if key != "model"},
         "images_per_second": result.images_per_second,
         "epochs": args.epochs,
         "threads": threads,
         "total_seconds": total,
-        "class_names": list(result.head.class_names),
+        "class_names": list(result.model.class_names),
     }
     write_json(args.out / "transfer.json", report)
-    head = args.out / "transfer_head.safetensors"
-    result.head.save(head)
+    path = args.out / "weights.safetensors"
+    result.model.save(path)
     print(f"Figures: {args.out / 'transfer.json'}")
     print(
-        f"Head: {head} (the trained dense head with its class names; it takes ResNet50's 2048 pooled features of "
-        f"{result.size} px images, from cnnlab.experiments.transfer.extract_features, not photos: load it with "
-        "load_model)"
+        f"Model: {path} (the whole classifier: frozen ImageNet ResNet50 + the trained head, photos in; "
+        f"cnnlab predict/evaluate/export/explain take it, and cnnlab train --model resnet50 fine-tunes further)"
     )

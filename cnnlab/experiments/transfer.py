@@ -1,4 +1,5 @@
-"""Transfer learning the lab's way: ResNet50 features computed once, then a classifier head trained on them."""
+"""Transfer learning the lab's way: ResNet50 features computed once, then a classifier head trained on them
+and folded into a whole ResNet50 classifier."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cnnlab.core.errors import ConfigError
 from cnnlab.evaluate.imagenet import imagenet_batch
 from cnnlab.models.registry import create_model
 from cnnlab.models.resnet50 import ResNet50
+from cnnlab.models.resnet50_classifier import MIN_IMAGE_SIZE, ResNet50Config
 from cnnlab.models.transfer_head import TransferHeadConfig
 from cnnlab.train.model import Model
 
@@ -109,15 +111,25 @@ class TransferResult:
     test_accuracy: float
     feature_seconds: float
     head_seconds: float
-    head: Model | None = None  # the trained head, to save (Model.save) and reload (load_model)
+    model: Model | None = None  # the whole classifier (photos in), to save (Model.save) and reload (load_model)
 
     @property
     def images_per_second(self) -> float:
         return (self.n_train + self.n_test) / self.feature_seconds if self.feature_seconds else float("nan")
 
 
+def fold_head(classifier: Model, head: Model) -> None:
+    """Put a trained TransferHead into the classifier's Dense layer: its standardisation (x - mean) / std
+    folds into the weights, W' = W / std and b' = b - W' mean, so the classifier needs no extra layer."""
+    standardize, linear = head.network.standardize, head.network.linear
+    with torch.no_grad():
+        weight = linear.weight / standardize.std
+        target = classifier.network.head
+        target.weight.copy_(weight.to(target.weight.device))
+        target.bias.copy_((linear.bias - weight @ standardize.mean).to(target.bias.device))
+
+
 def transfer_learning(
-    model: ResNet50,
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_test: np.ndarray,
@@ -128,29 +140,44 @@ def transfer_learning(
     progress: bool = True,
     seed: int = 0,
     class_names: Sequence[str] | None = None,
+    weights=None,
+    device="auto",
+    pretrained: bool = True,
 ) -> TransferResult:
-    """Extract features once (kept in memory), train the dense head on them, and time both steps."""
-    if size < 32:
+    """A ResNet50 classifier with a frozen body: its features computed once (kept in memory), the dense
+    head trained on them and folded into the whole model, and both steps timed.
+
+    ``size`` is the shorter side the images are resized to; ``weights`` the ImageNet file (default:
+    $CNNLAB_RESNET50_WEIGHTS). ``result.model`` takes images, so predict, evaluate, export and explain use it.
+    """
+    if size < MIN_IMAGE_SIZE:
         raise ConfigError(f"size {size} is too small: ResNet50 halves the image 5 times; use 32 or more (e.g. 128)")
+    num_classes = None if class_names else int(max(np.max(y_train), np.max(y_test))) + 1
+    classifier = create_model(
+        ResNet50Config(
+            input_shape=np.shape(x_train)[1:], num_classes=num_classes, class_names=class_names, seed=seed,
+            image_size=size, train_from="head", weights=weights, pretrained=pretrained,
+        ),
+        device,
+    )  # fmt: skip
     started = time.perf_counter()
-    train_features = extract_features(model, x_train, size, batch_size, progress)
-    test_features = extract_features(model, x_test, size, batch_size, progress)
+    train_features = classifier.features(x_train, batch_size, progress).cpu().numpy()
+    test_features = classifier.features(x_test, batch_size, progress).cpu().numpy()
     feature_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    num_classes = None if class_names else int(max(np.max(y_train), np.max(y_test))) + 1
     config = TransferHeadConfig(
-        input_shape=(1, 1, train_features.shape[1]), num_classes=num_classes, class_names=class_names, seed=seed
+        input_shape=(1, 1, train_features.shape[1]), num_classes=classifier.num_classes, seed=seed
     )
-    head_model = fit_transfer_head(train_features, y_train, config, epochs, image_size=size)
-    head = head_model.network
+    head = fit_transfer_head(train_features, y_train, config, epochs, image_size=size)
+    fold_head(classifier, head)
     head_seconds = time.perf_counter() - started
     return TransferResult(
         size,
         len(x_train),
         len(x_test),
-        head_accuracy(head, train_features, y_train),
-        head_accuracy(head, test_features, y_test),
+        head_accuracy(head.network, train_features, y_train),
+        head_accuracy(head.network, test_features, y_test),
         feature_seconds,
         head_seconds,
-        head_model,
+        classifier,
     )

@@ -87,7 +87,12 @@ _BUILDERS: dict[str, Callable[..., Model]] = {}
 
 # The modules that define model kinds; imported on first use, as they import this one. A new kind's module
 # goes here (and into tests/test_models.py's MODEL_KINDS, which checks that every kind is tested).
-_KIND_MODULES = ("cnnlab.models.cnn", "cnnlab.models.recipe_net", "cnnlab.models.transfer_head")
+_KIND_MODULES = (
+    "cnnlab.models.cnn",
+    "cnnlab.models.recipe_net",
+    "cnnlab.models.resnet50_classifier",
+    "cnnlab.models.transfer_head",
+)
 
 
 def register_model(kind: str) -> Callable:
