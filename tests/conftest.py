@@ -55,6 +55,16 @@ def photos_dir(shared_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def weights_path() -> Path:
+    """The ImageNet ResNet50 weights that $CNNLAB_RESNET50_WEIGHTS names."""
+    value = os.environ.get("CNNLAB_RESNET50_WEIGHTS")
+    path = Path(value) if value else Path("<CNNLAB_RESNET50_WEIGHTS not set>")
+    return require_path(
+        path, "the ResNet50 weights (export CNNLAB_RESNET50_WEIGHTS=$(scripts/fetch_resnet_weights.sh))"
+    )
+
+
+@pytest.fixture(scope="session")
 def session_cache(tmp_path_factory) -> Path:
     """A cnnlab cache shared by the tests of one session (CIFAR-10 decodes once)."""
     path = tmp_path_factory.mktemp("cnnlab-cache")

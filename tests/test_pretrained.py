@@ -19,7 +19,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import require_path
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -33,15 +32,6 @@ from cnnlab.models import resnet50, resnet50_weights
 from cnnlab.train.summary import count_params
 
 CAT_CLASSES = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}  # tabby ... Egyptian cat
-
-
-@pytest.fixture(scope="session")
-def weights_path() -> Path:
-    value = os.environ.get(resnet50_weights.WEIGHTS_ENV)
-    path = Path(value) if value else Path("<CNNLAB_RESNET50_WEIGHTS not set>")
-    return require_path(
-        path, "the ResNet50 weights (export CNNLAB_RESNET50_WEIGHTS=$(scripts/fetch_resnet_weights.sh))"
-    )
 
 
 @pytest.fixture(scope="session")
