@@ -52,6 +52,7 @@ _EXPORTS = {
     "cnnlab.evaluate.predict": ["evaluate_model", "predict_images"],
     "cnnlab.evaluate.tta": ["evaluate_tta"],
     "cnnlab.experiments.carbon_sweep": ["carbon_sweep"],
+    "cnnlab.experiments.fine_tune": ["fine_tune"],
     "cnnlab.experiments.device_bench": ["measure_conv_throughput"],
     "cnnlab.experiments.recipes": ["fit_recipe", "Recipe", "RECIPES", "train_recipe"],
     "cnnlab.experiments.transfer": ["transfer_learning"],
@@ -62,6 +63,7 @@ _EXPORTS = {
     "cnnlab.models.recipe_net": ["RecipeNetConfig"],
     "cnnlab.models.registry": ["create_model", "list_models", "load_model", "register_model"],
     "cnnlab.models.resnet50": ["preprocess_input"],
+    "cnnlab.models.resnet50_classifier": ["ResNet50Config"],
     "cnnlab.models.resnet50_weights": ["load_resnet50"],
     "cnnlab.models.transfer_head": ["TransferHeadConfig"],
     "cnnlab.plots": [

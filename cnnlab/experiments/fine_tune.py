@@ -96,11 +96,15 @@ def fine_tune(
     seed = int(model.config.seed or 0) if seed is None else seed
     history = None
     if freeze_epochs and not (resume and _has_checkpoint(run_dir)):
+        if verbose:
+            print(f"Phase 1: the head alone on the frozen body's features, {freeze_epochs} epoch(s)")
         history = train_head(model, x, y, freeze_epochs, batch_size, validation_data, verbose, seed)
     if epochs == freeze_epochs:
         model.network.eval()
         return history if history is not None else History()
     model.set_trainable(model.config.train_from)
+    if verbose:
+        print(f"Phase 2: the network from {model.config.train_from} on, {epochs - freeze_epochs} epoch(s), one-cycle")
     augment = augment if augment is not None else CropFlip(default_translate(model), seed=seed)
     return model.fit(
         x,
