@@ -299,6 +299,7 @@ def _run_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, cal
 
     from cnnlab.evaluate.predict import Evaluation
     from cnnlab.evaluate.tta import tta_logits
+    from cnnlab.experiments.fine_tune import FLIP_TTA
 
     model, history = train_resnet50(args, settings, data, out, callbacks)
     probabilities = torch.softmax(tta_logits(model, data.x_test, FLIP_TTA), 1).cpu().numpy()
@@ -306,5 +307,3 @@ def _run_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, cal
     extra = {"model": "resnet50", "tta": FLIP_TTA, "freeze_epochs": settings["freeze_epochs"]}
     return report_test_results(out, data, history, test, extra)
 
-
-FLIP_TTA = 1  # the images and their mirror images (cnnlab.evaluate.tta levels)
