@@ -94,21 +94,22 @@ def test_tune_on_a_folder(image_folder, tmp_path, capsys):
     assert f"--data {image_folder}" in (out / "best.toml").read_text(encoding="utf-8")
 
 
-def test_transfer_on_a_folder_saves_its_head(image_folder, tmp_path, capsys, monkeypatch):
+def test_transfer_on_a_folder_saves_a_whole_model(image_folder, tmp_path, capsys, monkeypatch):
     """An untrained ResNet50 stands in for the ImageNet weights: the wiring, not the accuracy, is tested."""
-    from cnnlab.models import resnet50, resnet50_weights
+    from cnnlab.models import resnet50, resnet50_classifier
     from cnnlab.models.registry import load_model
 
-    monkeypatch.setattr(resnet50_weights, "load_resnet50", lambda *_args, **_options: resnet50.ResNet50())
+    monkeypatch.setattr(resnet50_classifier, "imagenet_backbone", lambda _config: (resnet50.ResNet50(), "w", "0" * 64))
     out = tmp_path / "transfer"
     code = main(["transfer", "--data", str(image_folder), "--image-size", "32", "--size", "32", "--train", "30",
                  "--test", "12", "--epochs", "2", "--quiet", "--out", str(out)])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"classes     {', '.join(CLASS_NAMES)}" in printed
-    assert "30 train, 12 test, resized 32x32 -> 32x32 px" in printed
-    head = load_model(out / "transfer_head.safetensors")
-    assert head.class_names == tuple(CLASS_NAMES)
+    assert "30 train, 12 test, 32x32 px resized to a shorter side of 32 px" in printed
+    model = load_model(out / "weights.safetensors")
+    assert model.class_names == tuple(CLASS_NAMES) and model.config.kind == "resnet50"
+    assert model.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, len(CLASS_NAMES))  # photos in
     assert json.loads((out / "transfer.json").read_text(encoding="utf-8"))["class_names"] == CLASS_NAMES
 
 

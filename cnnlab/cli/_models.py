@@ -8,6 +8,7 @@ from-scratch network otherwise.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from cnnlab.core.errors import ConfigError
@@ -40,12 +41,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def pick_model(args: argparse.Namespace, data) -> tuple[str, str]:
-    """(kind, why): the user's --model or --recipe, else what measures best for the data."""
+def pick_model(args: argparse.Namespace, data, cnn_flags: Sequence[str] = ()) -> tuple[str, str]:
+    """(kind, why): the user's --model or --recipe, else the lab's CNN when its flags (``cnn_flags``) were
+    given, else what measures best for the data."""
     if args.model:
         return args.model, "--model " + args.model
     if args.recipe:
         return "recipe", f"--recipe {args.recipe}"
+    if cnn_flags:
+        return "cnn", f"{', '.join('--' + key.replace('_', '-') for key in cnn_flags)} given: the lab's CNN"
     height, width = data.input_shape[:2]
     if data.source.get("kind") == "cifar10" or max(height, width) <= SMALL_IMAGE:
         what = "CIFAR-10" if data.source.get("kind") == "cifar10" else f"images of {height}x{width} px"
@@ -65,10 +69,15 @@ def pick_model(args: argparse.Namespace, data) -> tuple[str, str]:
     )
 
 
+def lab_cnn_settings(given: set[str]) -> list[str]:
+    """The given settings that only the lab's CNN takes (its architecture and compile flags)."""
+    return sorted(given - RESNET50_KEYS - {"data", "n_train_val", "n_test", "val_fraction", "split_seed"})
+
+
 def resnet50_settings(args: argparse.Namespace, settings: dict, given: set[str]) -> dict:
     """The training settings for --model resnet50: its own defaults where the user gave none; flags that
     belong to the lab's CNN are refused in one line."""
-    refused = sorted(given - RESNET50_KEYS - {"data", "n_train_val", "n_test", "val_fraction", "split_seed"})
+    refused = lab_cnn_settings(given)
     if refused:
         flags = ", ".join("--" + key.replace("_", "-") for key in refused)
         raise ConfigError(f"--model resnet50 brings its own network; drop {flags} (the lab CNN's settings)")

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from cnnlab.cli._carbon import add_carbon_options, carbon_callbacks
 from cnnlab.cli._data import add_data_options, lab_data_from_args
-from cnnlab.cli._models import DEFAULT_RECIPE, add_model_options, pick_model, resnet50_settings, train_resnet50
+from cnnlab.cli._models import (
+    DEFAULT_RECIPE,
+    add_model_options,
+    lab_cnn_settings,
+    pick_model,
+    resnet50_settings,
+    train_resnet50,
+)
 from cnnlab.cli._report import report_test_results
 from cnnlab.core.errors import ConfigError
 from cnnlab.core.locks import LOCK_NAME, folder_lock
@@ -42,6 +49,8 @@ HELP = {
     "optimizer": "adam, adamw, nadam, sgd (momentum 0.9) or rmsprop",
     "loss": "categorical_crossentropy or sparse_categorical_crossentropy (same computation)",
     "head": "flatten (the lab's), gap (global average pooling) or fcn (1x1 convs): gap/fcn accept other sizes",
+    "flatten_side": "flatten head: larger images have the last feature map average-pooled to what an image of "
+    "this side gives, so Adam's steps do not grow with the image",
     "seed": "seed for weights, shuffling and dropout: same seed + same machine = same history",
     "batch_size": "images per step",
     "epochs": "passes over the training images",
@@ -202,10 +211,13 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     if args.recipe and args.model not in (None, "recipe"):
         raise ConfigError(f"--recipe {args.recipe} trains the recipe's network; drop --model {args.model}")
     recipe = _recipe(args, settings, args.recipe) if args.recipe else None
-    if args.model == "resnet50":
-        settings = resnet50_settings(args, settings, _given(args, settings))
+    given = _given(args, settings)
+    if args.model == "resnet50":  # refuse the lab CNN's flags before any data is loaded
+        resnet50_settings(args, settings, given)
     data = _load_data(args, settings)
-    kind, why = pick_model(args, data)
+    kind, why = pick_model(args, data, cnn_flags=lab_cnn_settings(given))
+    if kind == "resnet50":
+        settings = resnet50_settings(args, settings, given)
     print(f"Model: {kind} ({why})")
     print(f"Data: {data.summary()}")
     print(f"Classes: {', '.join(data.class_names)}")
@@ -306,4 +318,3 @@ def _run_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, cal
     test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
     extra = {"model": "resnet50", "tta": FLIP_TTA, "freeze_epochs": settings["freeze_epochs"]}
     return report_test_results(out, data, history, test, extra)
-

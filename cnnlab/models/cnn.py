@@ -22,6 +22,11 @@ from cnnlab.models.registry import ModelConfig, create_model, hwc_shape, registe
 from cnnlab.train.model import Model, check_compile_settings
 
 HEADS = ("flatten", "gap", "fcn")
+# The 'flatten' head reads the feature map that an image of at most this shorter side gives (larger maps are
+# average-pooled down to it). With the whole map of a 170x256 photo, the one dense layer takes 86,016 inputs
+# instead of CIFAR's 2,048; Adam moves every weight by about the learning rate per step, so the logits move
+# 42 times further than on CIFAR, saturate, and the test loss reaches 55-82 (issue 23's measurement).
+FLATTEN_SIDE = 32
 _ACTIVATIONS = {"relu": nn.ReLU, "linear": nn.Identity, None: nn.Identity, "elu": nn.ELU, "gelu": nn.GELU}
 
 
@@ -90,6 +95,7 @@ class CNNConfig(ModelConfig):
     optimizer: str = "adam"
     loss: str = "categorical_crossentropy"
     head: str = "flatten"
+    flatten_side: int | None = FLATTEN_SIDE
 
     def __post_init__(self):
         super().__post_init__()
@@ -97,10 +103,19 @@ class CNNConfig(ModelConfig):
             raise ConfigError("need n_conv_layers >= 1, n_filters >= 1, n_dense_layers >= 0 and n_nodes >= 1")
         if not 0 <= self.dropout_rate < 1:
             raise ConfigError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.flatten_side is not None and self.flatten_side < 1:
+            raise ConfigError(
+                f"flatten_side must be at least 1 (or None: flatten the whole map), got {self.flatten_side}"
+            )
         if self.head not in HEADS:
             raise ConfigError(f"unknown head {self.head!r}; choose one of {HEADS}")
         check_input_shape(self.input_shape, self.n_conv_layers)
         check_compile_settings(self.optimizer, self.learning_rate, self.loss, self.l2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CNNConfig:
+        """Files written before ``flatten_side`` existed flattened the whole map: they are rebuilt that way."""
+        return super().from_dict({"flatten_side": None, **values})
 
     def build_kwargs(self) -> dict[str, Any]:
         """The settings as build_cnn keywords, leaving out what the data decides (shape and classes)."""
@@ -130,6 +145,15 @@ SWEEP_MODEL = CNNConfig(n_conv_layers=2, n_filters=16, n_dense_layers=1, n_nodes
 MEMORY_MODEL = LAB_MODELS["C"]
 
 
+def flatten_pool(config: CNNConfig, height: int, width: int) -> int:
+    """The average-pooling window before Flatten: 1 unless the last map's shorter side is larger than an
+    image of ``flatten_side`` px would give it (8 px for two conv layers: so never on CIFAR)."""
+    if config.flatten_side is None:
+        return 1
+    side = max(1, config.flatten_side // 2**config.n_conv_layers)
+    return max(1, min(height, width) // side)
+
+
 def build_network(config: CNNConfig) -> nn.Sequential:
     """The bare nn.Sequential of the lab's CNN; it returns logits (softmax lives in loss/predict)."""
     height, width, channels = config.input_shape
@@ -156,6 +180,10 @@ def build_network(config: CNNConfig) -> nn.Sequential:
         layers["global_average_pooling2d"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         features = channels
     else:
+        pool = flatten_pool(config, height, width)
+        if pool > 1:  # a fixed window (not adaptive pooling) so the ONNX export takes it
+            layers["average_pooling2d"] = nn.AvgPool2d(pool)
+            height, width = height // pool, width // pool
         layers["flatten"] = nn.Flatten()
         features = channels * height * width
     for i in range(config.n_dense_layers):
@@ -199,6 +227,7 @@ def build_cnn(
     loss: str = "categorical_crossentropy",
     num_classes: int | None = None,
     head: str = "flatten",
+    flatten_side: int | None = FLATTEN_SIDE,
     seed: int | None = 0,
     device: str | torch.device | None = "auto",
     class_names: Sequence[str] | None = None,
@@ -206,7 +235,9 @@ def build_cnn(
     """Build and compile the lab's CNN: conv blocks (Conv 3x3 -> BatchNorm -> MaxPool 2x2, filters
     doubling), Flatten, dense blocks (Dense relu -> BatchNorm [-> Dropout]), Dense(num_classes) softmax.
 
-    ``head='gap'`` or ``'fcn'`` make a model that accepts other input sizes. ``num_classes`` follows
+    ``head='gap'`` or ``'fcn'`` make a model that accepts other input sizes. ``flatten_side``: images larger
+    than this (default 32 px) have their last feature map average-pooled to what such an image gives before
+    Flatten (None: Keras' plain Flatten). ``num_classes`` follows
     ``class_names`` when given (else 10). The Keras-like keyword form of
     ``create_model(CNNConfig(...))``; returns a ``Model`` with fit/evaluate/predict/summary.
     """
@@ -225,6 +256,7 @@ def build_cnn(
         num_classes=num_classes,
         class_names=None if class_names is None else tuple(class_names),
         head=head,
+        flatten_side=flatten_side,
         seed=seed,
     )
     return create_model(config, device)

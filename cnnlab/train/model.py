@@ -411,8 +411,11 @@ class Model:
     def load_training_state(self, state: dict, folder: Path) -> None:
         """Continue from ``training_state``'s dict; ``folder`` names the run in the error when the
         saved model configuration differs from this model's."""
-        current = self.config.to_dict() if self.config is not None else None
-        if state.get("config") != current:
+        saved, current = state.get("config"), None
+        if self.config is not None:  # read through from_dict, so settings added since then take their old meaning
+            current = self.config.to_dict()
+            saved = type(self.config).from_dict(saved).to_dict() if saved is not None else None
+        if saved != current:
             raise ConfigError(
                 f"{folder} was written by a different model configuration; resume with the same settings, "
                 "or start a new run folder"
