@@ -35,6 +35,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of class folder names; give e.g. cat,dog,bird")
+    return names
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", metavar="SPEC", default=None, help=DATA_HELP)
@@ -51,6 +58,17 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         "--crop-to-aspect-ratio",
         action="store_true",
         help="image folders: cut the centre to the target's aspect ratio instead of squashing",
+    )
+    group.add_argument(
+        "--pad-to-aspect-ratio",
+        action="store_true",
+        help="image folders: pad with black to the target's aspect ratio instead of squashing",
+    )
+    group.add_argument(
+        "--class-names",
+        type=_names,
+        metavar="A,B,...",
+        help="image folders: the class folders to use, in this order (default: all, sorted)",
     )
     group.add_argument(
         "--validation-split",
@@ -72,6 +90,8 @@ def dataset_from_args(args: argparse.Namespace):
         image_size=args.image_size,
         color_mode=args.color_mode,
         crop_to_aspect_ratio=args.crop_to_aspect_ratio,
+        pad_to_aspect_ratio=getattr(args, "pad_to_aspect_ratio", False),
+        class_names=getattr(args, "class_names", None),
         validation_split=args.validation_split,
         seed=getattr(args, "split_seed", None) or 0,
         strict=args.strict,

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--data",
         metavar="SPEC",
-        help=f"{DATA_HELP}; its test split is used (all of it when it has none), decoded at the model's input size",
+        help=f"{DATA_HELP}; its test split is used (all of it when it has none; on the data the model was trained "
+        "on, the images training held out), decoded at the model's input size",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("runs/evaluate"), help="folder for the figures (default: %(default)s)"
@@ -33,19 +34,25 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.core.files import write_json
-    from cnnlab.evaluate.predict import evaluate_on
+    from cnnlab.evaluate.held_out import evaluation_set, training_source
+    from cnnlab.evaluate.predict import check_class_names, evaluate_model
     from cnnlab.models.registry import load_model
     from cnnlab.plots import confusion_matrix_figure, misclassified_gallery
 
     model = load_model(args.model, device=args.device)
-    evaluation, images = evaluate_on(model, args.data)
+    chosen = evaluation_set(model, args.data, training_source(args.model))
+    check_class_names(model.class_names, chosen.class_names)
+    evaluation, images = evaluate_model(model, chosen.images, chosen.labels), chosen.images
+    if chosen.note:
+        print(f"Note: {chosen.note}")
     total = int(evaluation.confusion.sum())
     print(f"{total} images: loss {evaluation.loss:.4f}, accuracy {evaluation.accuracy:.4f}")
     width = max(len(name) for name in evaluation.class_names)
     for name, accuracy in evaluation.per_class.items():
         print(f"  {name:<{width}}  {accuracy:.4f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "evaluation.json", {"model": str(args.model), "data": args.data, **evaluation.to_dict()})
+    record = {"model": str(args.model), "data": args.data, "note": chosen.note, **evaluation.to_dict()}
+    write_json(args.out / "evaluation.json", record)
     confusion = args.out / "confusion_matrix.png"
     gallery = args.out / "mistakes.png"
     confusion_matrix_figure(

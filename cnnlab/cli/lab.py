@@ -71,6 +71,8 @@ def _run_lab(args: argparse.Namespace, parts: list) -> int:
             "image_size": args.image_size,
             "color_mode": args.color_mode,
             "crop_to_aspect_ratio": args.crop_to_aspect_ratio,
+            "pad_to_aspect_ratio": args.pad_to_aspect_ratio,
+            "class_names": args.class_names,
             "validation_split": args.validation_split,
             "strict": args.strict,
         },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,13 +22,18 @@ from cnnlab.core.files import cache_dir
 from cnnlab.data.arrays import stratified_split
 from cnnlab.data.cache import read_cache, write_cache
 from cnnlab.data.dataset import ImageDataset, check_memory
-from cnnlab.data.images import find_images, load_images
+from cnnlab.data.images import GRAYSCALE_NOTE, IMAGE_SUFFIXES, find_images, load_images
 
-DEFAULT_SIZE_CAP = 256
 TEST_FOLDER_NAMES = ("test", "val", "validation")
+SPLIT_FOLDER_NAMES = ("train", *TEST_FOLDER_NAMES)
+JUNK_FOLDERS = ("__pycache__", "__MACOSX")  # and every dot-folder (.ipynb_checkpoints, .git, ...)
+DEFAULT_SIZE_CAP = 256
 _FOLDER_CACHE_FORMAT = 1
 _SIZE_SAMPLE = 200  # files whose headers decide the default image size
 _NAMES_SHOWN = 3
+_ENTRIES_SHOWN = 8
+# The settings a folder was loaded with, kept in its origin so that it can be loaded the same way again.
+LOAD_KEYS = ("color_mode", "resize", "validation_split", "seed", "class_names")
 
 
 @dataclass
@@ -39,38 +45,108 @@ class _Scan:
     loops: list[Path] = field(default_factory=list)
 
 
+def _is_junk(entry: Path) -> bool:
+    """Tool droppings that are never classes: caches, notebook checkpoints, hidden folders."""
+    return entry.name.startswith(".") or entry.name in JUNK_FOLDERS
+
+
 def _scan_classes(folder: Path, scan: _Scan) -> dict[str, list[Path]]:
     classes = {}
     for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir() and not _is_junk(entry):
             classes[entry.name] = find_images(entry, scan.ignored, scan.loops)
         elif entry.is_file():
             scan.ignored.append(entry)
     return classes
 
 
-def _scan(root: Path) -> _Scan:
+def _has_class_folders(folder: Path) -> bool:
+    return any(entry.is_dir() and not _is_junk(entry) for entry in folder.iterdir())
+
+
+def _split_folders(root: Path) -> tuple[str, str] | None:
+    """(train, test) folder names when ``root`` holds the split layout: train/ and a test/ (or val/,
+    validation/) that hold class subfolders. Their images in flat folders make them classes instead."""
+    folders = {entry.name for entry in root.iterdir() if entry.is_dir()}
+    tests = [name for name in TEST_FOLDER_NAMES if name in folders]
+    if "train" not in folders or not tests:
+        return None
+    if not all(_has_class_folders(root / name) for name in ("train", tests[0])):
+        return None
+    return "train", tests[0]
+
+
+def _scan(root: Path, class_names: tuple[str, ...] | None = None) -> _Scan:
     scan = _Scan({})
-    folders = {entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")}
-    test_names = folders & set(TEST_FOLDER_NAMES)
-    if "train" in folders and len(test_names) == 1 and folders == {"train", *test_names}:
-        scan.splits = {
-            "train": _scan_classes(root / "train", scan),
-            "test": _scan_classes(root / test_names.pop(), scan),
-        }
-        _check_same_classes(root, scan.splits)
+    split = _split_folders(root)
+    if split:
+        scan.splits = {"train": _scan_classes(root / split[0], scan), "test": _scan_classes(root / split[1], scan)}
+        _check_same_classes(root, scan.splits, split[1])
+        _warn_beside_splits(root, split)
     else:
         scan.splits = {"train": _scan_classes(root, scan)}
+        _warn_split_names(root, scan.splits["train"])
+    if class_names is not None:
+        scan.splits = _pick_classes(root, scan.splits, class_names)
     _drop_empty_classes(root, scan.splits)
     return scan
 
 
-def _check_same_classes(root: Path, splits: dict[str, dict[str, list[Path]]]) -> None:
+def _holds_images(folder: Path) -> bool:
+    return any(Path(name).suffix.lower() in IMAGE_SUFFIXES for _, _, files in os.walk(folder) for name in files)
+
+
+def _entry_name(entry: Path) -> str:
+    if not entry.is_dir():
+        return entry.name
+    return entry.name + ("/ (holds images)" if not _is_junk(entry) and _holds_images(entry) else "/")
+
+
+def _warn_beside_splits(root: Path, split: tuple[str, str]) -> None:
+    """One warning naming everything beside the split folders that is left out (logs/, scripts, caches)."""
+    beside = [entry for entry in sorted(root.iterdir()) if entry.name not in split]
+    if not beside:
+        return
+    names = [_entry_name(entry) for entry in beside]
+    more = f" and {len(names) - _ENTRIES_SHOWN} more" if len(names) > _ENTRIES_SHOWN else ""
+    warnings.warn(
+        f"{root}: split layout {split[0]}/ + {split[1]}/; ignored {', '.join(names[:_ENTRIES_SHOWN])}{more}",
+        stacklevel=5,
+    )
+
+
+def _warn_split_names(root: Path, classes: dict[str, list[Path]]) -> None:
+    """Class folders named train/ or val/ are split folders that were not laid out as such."""
+    names = [name for name in classes if name in SPLIT_FOLDER_NAMES]
+    if names:
+        warnings.warn(
+            f"{root}: class folder(s) {', '.join(names)} look like split folders, but each subfolder here is taken "
+            f"as a class; put the classes one level down (train/cat/1.jpg and val/cat/2.jpg), or pass the folder "
+            f"that holds the class folders (e.g. {root / names[0]})",
+            stacklevel=5,
+        )
+
+
+def _pick_classes(root: Path, splits: dict, class_names: tuple[str, ...]) -> dict[str, dict[str, list[Path]]]:
+    """The named classes only, in the order given (Keras' ``class_names``); a name without a folder is refused."""
+    repeated = sorted({name for name in class_names if class_names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"class_names lists {_names(repeated)} more than once; name each class once")
+    missing = [name for name in class_names if name not in splits["train"]]
+    if missing:
+        raise DataError(
+            f"{root}: class_names has {_names(missing)}, but there is no such class folder (folders: "
+            f"{_names(splits['train'])}); fix the names or the folders"
+        )
+    return {split: {name: classes[name] for name in class_names} for split, classes in splits.items()}
+
+
+def _check_same_classes(root: Path, splits: dict[str, dict[str, list[Path]]], test_name: str = "test") -> None:
     train, test = set(splits["train"]), set(splits["test"])
     if train != test:
         raise DataError(
-            f"{root}: train/ and test/ have different class folders (only in train: {_names(train - test)}; "
-            f"only in test: {_names(test - train)}); give both the same class subfolders"
+            f"{root}: train/ and {test_name}/ have different class folders (only in train: {_names(train - test)}; "
+            f"only in {test_name}: {_names(test - train)}); give both the same class subfolders"
         )
 
 
@@ -111,23 +187,37 @@ def _common_size(files: list[Path]) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _folder_key(root: Path, scan: _Scan, settings: dict) -> str:
-    """sha256 over the listing (relative paths, sizes, mtimes) and decode settings: any change decodes again."""
-    digest = hashlib.sha256(json.dumps({"format": _FOLDER_CACHE_FORMAT, **settings}, sort_keys=True).encode())
+def _listing(root: Path, scan: _Scan) -> tuple[str, dict[str, str]]:
+    """Two digests from one pass of stat calls. The cache's, over relative paths, sizes and mtimes: any change
+    decodes again. Per split, the files' identity, over class, path inside the class folder and size: a copy
+    of the folder, or its train/ passed on its own, is known again (``cnnlab evaluate`` needs this)."""
+    listing, identities = hashlib.sha256(), {}
     for split, classes in scan.splits.items():
+        identity = hashlib.sha256()
         for name, files in classes.items():
             for path in files:
+                relative = path.relative_to(root)
                 try:
                     stat = path.stat()
-                    ident = f"{split}|{name}|{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n"
+                    size, mtime = stat.st_size, stat.st_mtime_ns
                 except OSError:  # a dangling link: decoding will skip it
-                    ident = f"{split}|{name}|{path.relative_to(root)}|missing\n"
-                digest.update(ident.encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:32]
+                    size = mtime = "missing"
+                inside = "/".join(relative.parts[len(scan.splits) :])  # below the split and class folders
+                listing.update(f"{split}|{name}|{relative}|{size}|{mtime}\n".encode("utf-8", "surrogateescape"))
+                identity.update(f"{name}|{inside}|{size}\n".encode("utf-8", "surrogateescape"))
+        identities[split] = identity.hexdigest()[:32]
+    return listing.hexdigest(), identities
+
+
+def _folder_key(listing: str, settings: dict) -> str:
+    """The cache key: the listing's digest and the decode settings."""
+    text = json.dumps({"format": _FOLDER_CACHE_FORMAT, **settings}, sort_keys=True) + listing
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def load_folder(root: Path, settings: dict, strict: bool, progress: bool) -> ImageDataset:
-    scan = _scan(root)
+    """Scan, then decode (or read from the cache) a folder of class subfolders with the ``load_dataset`` settings."""
+    scan = _scan(root, settings.get("class_names"))
     if "test" in scan.splits and settings["validation_split"] is not None:
         raise ConfigError(f"{root} has train/ and test/ folders; leave out --validation-split")
     _warn_left_out(root, scan)
@@ -136,14 +226,22 @@ def load_folder(root: Path, settings: dict, strict: bool, progress: bool) -> Ima
         settings = settings | {
             "image_size": _common_size([f for files in scan.splits["train"].values() for f in files])
         }
-    cache = cache_dir() / "folders" / _folder_key(root, scan, settings | {"strict": strict})
+    listing, identities = _listing(root, scan)
+    cache = cache_dir() / "folders" / _folder_key(listing, settings | {"strict": strict})
     cached = read_cache(cache, cache_format=_FOLDER_CACHE_FORMAT)
     if cached is None:
         write_cache(cache, *_decode_folder(root, scan, class_names, settings, strict, progress))
         cached = read_cache(cache, cache_format=_FOLDER_CACHE_FORMAT)
     arrays, meta = cached
     has_test = meta["has_test"]
-    origin = {**meta["origin"], "path": str(root), "source": str(root), "checksum": cache.name}
+    origin = {
+        **meta["origin"],
+        "path": str(root),
+        "source": str(root),
+        "checksum": cache.name,
+        "split_checksums": identities,
+        "load": {key: settings.get(key) for key in LOAD_KEYS},
+    }
     return ImageDataset(
         arrays["x_train"],
         arrays["y_train"],
@@ -179,6 +277,8 @@ def _decode_folder(root, scan: _Scan, class_names, settings: dict, strict: bool,
         arrays[f"y_{split}"] = np.array([label_of[str(path)] for path in kept], dtype=np.int64)
         skipped += split_skipped
         notes += split_notes
+    if settings["color_mode"] == "grayscale":  # grey was asked for: dropping colour, or keeping grey, is no news
+        notes = Counter({k: n for k, n in notes.items() if k != GRAYSCALE_NOTE and not k.startswith("grayscale (")})
     _warn_decoded(root, skipped, notes)
     if not len(arrays["x_train"]):
         raise DataError(f"{root}: none of the {count} images could be read (e.g. {skipped[0][1]}); check the files")

@@ -22,7 +22,8 @@ from cnnlab.core.errors import ConfigError, DataError
 
 MAX_IMAGE_PIXELS = 64_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-RESIZE_MODES = ("stretch", "crop")
+RESIZE_MODES = ("stretch", "crop", "pad")
+GRAYSCALE_NOTE = "colour converted to grayscale (1-channel images wanted)"
 COLOR_MODES = ("rgb", "grayscale")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -134,19 +135,27 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
 
 def resize_image(image: Image.Image, size: tuple[int, int], resize: str = "stretch") -> Image.Image:
     """Resize to (h, w): ``stretch`` is the lab's plain resize (wide photos get squashed); ``crop`` first cuts
-    the largest centred window of the target's aspect ratio, like Keras' ``crop_to_aspect_ratio``."""
+    the largest centred window of the target's aspect ratio, like Keras' ``crop_to_aspect_ratio``; ``pad``
+    first pads with black, centred, to the target's aspect ratio, like Keras 3's ``pad_to_aspect_ratio``."""
     if resize not in RESIZE_MODES:
         raise ConfigError(f"resize mode {resize!r} is not one of {RESIZE_MODES}")
     height, width = size
     if image.size == (width, height):
         return image
     box = None
+    source_width, source_height = image.size
     if resize == "crop":
-        source_width, source_height = image.size
         crop_width = min(source_width, source_height * width / height)
         crop_height = min(source_height, source_width * height / width)
         left, top = (source_width - crop_width) / 2, (source_height - crop_height) / 2
         box = (left, top, left + crop_width, top + crop_height)
+    elif resize == "pad":
+        pad_width = max(source_width, round(source_height * width / height))
+        pad_height = max(source_height, round(source_width * height / width))
+        if (pad_width, pad_height) != image.size:
+            padded = Image.new(image.mode, (pad_width, pad_height))  # black
+            padded.paste(image, ((pad_width - source_width) // 2, (pad_height - source_height) // 2))
+            image = padded
     return image.resize((width, height), Image.Resampling.BILINEAR, box=box)
 
 
@@ -175,7 +184,7 @@ def load_image(
     if color_mode == "grayscale":
         grey = np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
         if not any("grey" in note for note in notes):  # a colour image: say it lost its colours
-            notes = [*notes, "colour converted to grayscale (1-channel images wanted)"]
+            notes = [*notes, GRAYSCALE_NOTE]
         return grey, notes
     return np.asarray(image, dtype=np.uint8), notes
 

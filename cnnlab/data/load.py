@@ -26,6 +26,8 @@ def load_dataset(
     image_size: int | tuple[int, int] | None = None,
     color_mode: str = "rgb",
     crop_to_aspect_ratio: bool = False,
+    pad_to_aspect_ratio: bool = False,
+    class_names: list[str] | tuple[str, ...] | None = None,
     validation_split: float | None = None,
     seed: int = 0,
     label_mode: str = "fine",
@@ -40,9 +42,10 @@ def load_dataset(
     ``train/`` and ``test/`` (or ``val/``) inside give the split, else ``validation_split`` (stratified,
     ``seed``) holds out a test share. ``image_size`` (h, w) or an int for squares; when None it is the most
     common size among up to 200 sampled images, shrunk to 256 on its longer side. ``crop_to_aspect_ratio``
-    cuts the centre instead of squashing; ``color_mode`` is "rgb" or "grayscale". Unreadable images are
-    skipped with a warning, or refused with ``strict=True``. ``label_mode`` picks CIFAR-100's 100 fine or
-    20 coarse classes. The size, colour and crop options apply to folders only.
+    cuts the centre instead of squashing, ``pad_to_aspect_ratio`` pads with black instead; ``color_mode`` is
+    "rgb" or "grayscale". ``class_names`` fixes the classes' order, or picks some of the subfolders. Unreadable
+    images are skipped with a warning, or refused with ``strict=True``. ``label_mode`` picks CIFAR-100's 100
+    fine or 20 coarse classes. The size, colour, crop, pad and class options apply to folders only.
     """
     size = _as_size(image_size)
     if color_mode not in COLOR_MODES:
@@ -51,28 +54,45 @@ def load_dataset(
         raise ConfigError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
     if validation_split is not None and not 0 < validation_split < 1:
         raise ConfigError(f"validation_split must lie between 0 and 1 (e.g. 0.2), got {validation_split}")
+    resize = _resize_mode(crop_to_aspect_ratio, pad_to_aspect_ratio)
+    class_names = _as_class_names(class_names)
     name = str(spec).lower() if spec is not None else "cifar10"
     if name in ("cifar10", "cifar100"):
-        return _check_options(load_cifar(name, None, label_mode), size, color_mode, validation_split)
+        return _check_options(load_cifar(name, None, label_mode), size, color_mode, validation_split, class_names)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder; {SPEC_HELP}")
     kind = cifar_kind(path)
     if kind:
-        return _check_options(load_cifar(kind, path, label_mode), size, color_mode, validation_split)
+        return _check_options(load_cifar(kind, path, label_mode), size, color_mode, validation_split, class_names)
     if path.suffix.lower() == ".npz":
-        return split_npz(_check_options(load_npz(path), size, color_mode), validation_split, seed)
+        return split_npz(_check_options(load_npz(path), size, color_mode, None, class_names), validation_split, seed)
     if not path.is_dir():
         raise DataError(f"{path}: not an image folder, .npz or CIFAR archive; {SPEC_HELP}")
     settings = {
         "image_size": size,
         "color_mode": color_mode,
-        "resize": "crop" if crop_to_aspect_ratio else "stretch",
+        "resize": resize,
+        "class_names": class_names,
         "validation_split": validation_split,
         "seed": seed,
         "max_pixels": max_pixels,
     }
     return load_folder(path, settings, strict, progress)
+
+
+def _resize_mode(crop_to_aspect_ratio: bool, pad_to_aspect_ratio: bool) -> str:
+    if crop_to_aspect_ratio and pad_to_aspect_ratio:
+        raise ConfigError("crop_to_aspect_ratio and pad_to_aspect_ratio exclude each other: cut or pad, choose one")
+    return "crop" if crop_to_aspect_ratio else "pad" if pad_to_aspect_ratio else "stretch"
+
+
+def _as_class_names(class_names) -> list[str] | None:
+    if class_names is None:
+        return None
+    if isinstance(class_names, str) or not all(isinstance(name, str) and name for name in class_names):
+        raise ConfigError(f"class_names takes a list of folder names, e.g. ['cat', 'dog'], got {class_names!r}")
+    return list(class_names)
 
 
 def _as_size(image_size) -> tuple[int, int] | None:
@@ -84,8 +104,10 @@ def _as_size(image_size) -> tuple[int, int] | None:
     return size
 
 
-def _check_options(dataset: ImageDataset, size, color_mode: str, validation_split=None) -> ImageDataset:
+def _check_options(dataset: ImageDataset, size, color_mode: str, validation_split=None, class_names=None):
     """Archives and arrays come at one size, with a test split; say so instead of ignoring a folder option."""
+    if class_names is not None:
+        raise ConfigError(f"{dataset.origin['path']}: --class-names (class_names) applies to image folders only")
     if validation_split is not None:
         raise ConfigError(f"{dataset.origin['path']} has its own test split; leave out --validation-split")
     height, width, channels = dataset.image_shape

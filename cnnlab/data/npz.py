@@ -59,4 +59,5 @@ def split_npz(dataset: ImageDataset, validation_split: float | None, seed: int) 
     if dataset.x_test is not None:
         raise ConfigError(f"{dataset.origin['path']} has x_test and y_test; leave out --validation-split")
     x, x_test, y, y_test = stratified_split(dataset.x_train, dataset.y_train, validation_split, seed)
-    return ImageDataset(x, y, x_test, y_test, dataset.class_names, dataset.origin)
+    origin = {**dataset.origin, "load": {"validation_split": validation_split, "seed": seed}}
+    return ImageDataset(x, y, x_test, y_test, dataset.class_names, origin)

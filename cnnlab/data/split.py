@@ -15,6 +15,8 @@ from cnnlab.core.errors import DataError
 from cnnlab.data.arrays import scale_images, stratified_split
 from cnnlab.data.cifar import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES, accuracy_caveat
 
+HELD_OUT_TEST = 0.2  # share of a data set without a test split that becomes its test set
+
 
 @dataclass
 class LabData:
@@ -91,6 +93,14 @@ def load_lab_data(
     origin = dict(dataset.origin)
     if note:
         origin["note"] = "; ".join(filter(None, (origin.get("note"), note)))
+    origin["split"] = {  # enough to split again: `cnnlab evaluate` finds the held-out test images this way
+        "seed": seed,
+        "n_train_val": n_train_val,
+        "n_test": n_test,
+        "val_fraction": val_fraction,
+        "held_out_test": HELD_OUT_TEST if dataset.x_test is None else None,
+        "test_images": len(y_test),
+    }
     return LabData(
         convert(x_train),
         y_train,
@@ -129,8 +139,8 @@ def _lab_split_stratified(dataset, n_train_val, n_test, val_fraction, seed):
     note = None
     x, y, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
     if x_test is None:
-        x, x_test, y, y_test = stratified_split(np.asarray(x), np.asarray(y), 0.2, seed)
-        note = f"no test split: a stratified 20% ({len(x_test)} images) held out as the test set"
+        x, x_test, y, y_test = stratified_split(np.asarray(x), np.asarray(y), HELD_OUT_TEST, seed)
+        note = f"no test split: a stratified {HELD_OUT_TEST:.0%} ({len(x_test)} images) held out as the test set"
     x, y = _subset(x, y, n_train_val, seed)
     x_test, y_test = _subset(x_test, y_test, n_test, seed)
     x_train, x_val, y_train, y_val = stratified_split(x, y, val_fraction, seed)

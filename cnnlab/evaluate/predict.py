@@ -21,6 +21,7 @@ import numpy as np
 from cnnlab.core.errors import ConfigError, DataError
 from cnnlab.data.arrays import class_indices
 from cnnlab.data.images import IMAGE_SUFFIXES, RESIZE_MODES, find_images, load_images
+from cnnlab.evaluate.held_out import evaluation_set
 from cnnlab.evaluate.metrics import Misclassified, confusion_matrix, misclassified, per_class_accuracy
 from cnnlab.train.model import Model
 
@@ -118,21 +119,6 @@ def predictions_json(result: PredictResult, **extra) -> str:
     )
 
 
-def _evaluation_data(spec: str | os.PathLike | None, model: Model) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """The labelled images to evaluate on, decoded at the model's input size: (uint8 NHWC, labels, names).
-
-    Any data set cnnlab.data.load loads; its test split when it has one, else all of its images.
-    """
-    from cnnlab.data.load import load_dataset
-
-    height, width, channels = model.input_shape
-    color_mode = "grayscale" if channels == 1 else "rgb"
-    dataset = load_dataset(spec, image_size=(height, width), color_mode=color_mode)
-    if dataset.x_test is not None:
-        return dataset.x_test, dataset.y_test, dataset.class_names
-    return dataset.x_train, dataset.y_train, dataset.class_names
-
-
 def check_class_names(model_names: Sequence[str], data_names: Sequence[str]) -> None:
     """Refuse data whose classes are not the model's, in the model's order (accuracy would be meaningless)."""
     if tuple(model_names) != tuple(data_names):
@@ -189,6 +175,6 @@ def evaluate_model(model: Model, images: np.ndarray, labels: np.ndarray) -> Eval
 
 def evaluate_on(model: Model, spec: str | os.PathLike | None) -> tuple[Evaluation, np.ndarray]:
     """Evaluate on a data set spec after checking its classes are the model's; returns the images too."""
-    images, labels, data_names = _evaluation_data(spec, model)
-    check_class_names(model.class_names, data_names)
-    return evaluate_model(model, images, labels), images
+    chosen = evaluation_set(model, spec)
+    check_class_names(model.class_names, chosen.class_names)
+    return evaluate_model(model, chosen.images, chosen.labels), chosen.images
