@@ -96,6 +96,10 @@ def test_the_weighted_loss_is_each_images_loss_times_its_class_weight():
     weights = torch.tensor([0.5, 2.0, 3.0])
     each = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1, reduction="none")
     torch.testing.assert_close(model._loss(logits, labels, weights), (each * weights[labels]).mean())
+    members = torch.stack([logits, logits.flip(1)])  # an ensemble's (members, N, classes): each member weighed alike
+    other = torch.nn.functional.cross_entropy(logits.flip(1), labels, label_smoothing=0.1, reduction="none")
+    expected = (torch.cat([each, other]) * weights[labels].repeat(2)).mean()
+    torch.testing.assert_close(model._loss(members, labels, weights), expected)
 
 
 def test_a_class_of_weight_zero_does_not_train():
