@@ -111,8 +111,8 @@ def build_resnet50(args: argparse.Namespace, settings: dict, data):
     return create_model(config, args.device)
 
 
-def train_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, callbacks: list):
-    """Fine-tune ResNet50 into the run folder; returns (model, history)."""
+def train_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, callbacks: list, class_weight=None):
+    """Fine-tune ResNet50 into the run folder (``class_weight`` as fine_tune takes it); returns (model, history)."""
     from cnnlab.experiments.fine_tune import fine_tune
     from cnnlab.train.callbacks import EarlyStopping
 
@@ -146,6 +146,7 @@ def train_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, ca
         run_dir=out,
         resume=args.resume,
         augment=augment,
+        class_weight=class_weight,
     )
     if settings["epochs"] == settings["freeze_epochs"]:  # no fit wrote the run folder's model
         model.save(out / "weights.safetensors")

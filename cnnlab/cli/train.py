@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from cnnlab.cli._carbon import add_carbon_options, carbon_callbacks
+from cnnlab.cli._class_weight import add_class_weight_option, class_weight_from_args
 from cnnlab.cli._data import add_data_options, lab_data_from_args
 from cnnlab.cli._models import (
     DEFAULT_RECIPE,
@@ -110,6 +111,7 @@ def register(subparsers) -> None:
             kwargs["type"] = type(default)
         parser.add_argument(_flag(key), dest=key, **kwargs)
     add_model_options(parser)
+    add_class_weight_option(parser)
     add_carbon_options(parser, tracking_default=False)
     parser.set_defaults(func=run)
 
@@ -223,10 +225,12 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     print(f"Classes: {', '.join(data.class_names)}")
     if data.source.get("note"):
         print(f"Note: {data.source['note']}")
+    class_weight = class_weight_from_args(args, data)
     if kind == "recipe":
-        return _run_recipe(args, recipe or _recipe(args, settings, DEFAULT_RECIPE), settings, data, out, carbon)
+        recipe = recipe or _recipe(args, settings, DEFAULT_RECIPE)
+        return _run_recipe(args, recipe, settings, data, out, carbon, class_weight)
     if kind == "resnet50":
-        return _run_resnet50(args, settings, data, out, carbon)
+        return _run_resnet50(args, settings, data, out, carbon, class_weight)
     build_args = {k: settings[k] for k in build_keys()}
     model = build_cnn(input_shape=data.input_shape, class_names=data.class_names, device=args.device, **build_args)
     model.summary()
@@ -248,6 +252,7 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
         resume=args.resume,
         verbose=2 if args.quiet else 1,
         augment=augment,
+        class_weight=class_weight,
     )
     from cnnlab.evaluate.predict import evaluate_model
 
@@ -282,7 +287,8 @@ def _recipe(args: argparse.Namespace, settings: dict, name: str):
     return replace(get_recipe(name), **{k: settings[k] for k in ("epochs", "batch_size") if k in given})
 
 
-def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Path, callbacks: list) -> int:
+def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Path, callbacks: list,
+                class_weight=None) -> int:  # fmt: skip
     """Train the recipe's network with its schedule, augmentation and EMA; test with its TTA."""
     import torch
 
@@ -293,9 +299,8 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
     seed = settings["seed"]
     model = build_model(recipe, data.x_train, seed, args.device, class_names=data.class_names)
     model.summary()
-    history = fit_recipe(
-        model, data, recipe, seed, callbacks=callbacks, verbose=2 if args.quiet else 1, run_dir=out, resume=args.resume
-    )
+    history = fit_recipe(model, data, recipe, seed, callbacks=callbacks, verbose=2 if args.quiet else 1, run_dir=out,
+                         resume=args.resume, class_weight=class_weight)  # fmt: skip
     val = evaluate_tta(model, data.x_val, data.y_val, recipe.tta)
     probabilities = torch.softmax(tta_logits(model, data.x_test, recipe.tta), 1).cpu().numpy()
     test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
@@ -305,7 +310,7 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
     return report_test_results(out, data, history, test, extra)
 
 
-def _run_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, callbacks: list) -> int:
+def _run_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, callbacks: list, class_weight=None) -> int:
     """Fine-tune ResNet50 (cnnlab.experiments.fine_tune); test with flip TTA, as the recipes do."""
     import torch
 
@@ -313,7 +318,7 @@ def _run_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, cal
     from cnnlab.evaluate.tta import tta_logits
     from cnnlab.experiments.fine_tune import FLIP_TTA
 
-    model, history = train_resnet50(args, settings, data, out, callbacks)
+    model, history = train_resnet50(args, settings, data, out, callbacks, class_weight)
     probabilities = torch.softmax(tta_logits(model, data.x_test, FLIP_TTA), 1).cpu().numpy()
     test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
     extra = {"model": "resnet50", "tta": FLIP_TTA, "freeze_epochs": settings["freeze_epochs"]}

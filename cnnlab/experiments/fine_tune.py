@@ -33,9 +33,11 @@ def _feature_grid(features: torch.Tensor) -> torch.Tensor:
 
 
 def train_head(
-    model: Model, x, y, epochs: int, batch_size: int = 64, validation_data=None, verbose: int = 1, seed: int = 0
-) -> History:
-    """Phase 1: the model's head trained alone on features computed once (Adam, the model's label smoothing)."""
+    model: Model, x, y, epochs: int, batch_size: int = 64, validation_data=None, verbose: int = 1, seed: int = 0,
+    class_weight: str | dict | None = None,
+) -> History:  # fmt: skip
+    """Phase 1: the model's head trained alone on features computed once (Adam, the model's label smoothing,
+    the loss weighed per class by ``class_weight`` as in ``Model.fit``)."""
     progress = verbose == 1
     features = _feature_grid(model.features(x, progress=progress))
     validation = None
@@ -53,7 +55,7 @@ def train_head(
         mixed_precision=False,
     )
     return trainer.fit(features, y, batch_size=batch_size, epochs=epochs, validation_data=validation,
-                       verbose=verbose, seed=seed)  # fmt: skip
+                       verbose=verbose, seed=seed, class_weight=class_weight)  # fmt: skip
 
 
 def _has_checkpoint(run_dir) -> bool:
@@ -80,11 +82,13 @@ def fine_tune(
     resume: bool = False,
     warmup: float = 0.2,
     augment=None,
+    class_weight: str | dict | None = None,
 ) -> History:
     """Fine-tune a pretrained model (``create_model(ResNet50Config(...))``): ``freeze_epochs`` of the head
     alone, then ``epochs - freeze_epochs`` of the network from ``config.train_from`` on.
 
     ``augment`` defaults to random shifts and flips; the one-cycle schedule peaks at each stage's rate.
+    ``class_weight`` ("balanced" or {class_index: weight}) weighs the training loss of both phases per class.
     A resume whose run folder already holds a phase 2 checkpoint skips phase 1 (the checkpoint holds the
     trained head), so it ends where an uninterrupted run ends. Returns phase 2's History (phase 1's if
     all epochs are frozen, which is transfer learning).
@@ -101,7 +105,7 @@ def fine_tune(
     if freeze_epochs and not (resume and _has_checkpoint(run_dir)):
         if verbose:
             print(f"Phase 1: the head alone on the frozen body's features, {freeze_epochs} epoch(s)")
-        history = train_head(model, x, y, freeze_epochs, batch_size, validation_data, verbose, seed)
+        history = train_head(model, x, y, freeze_epochs, batch_size, validation_data, verbose, seed, class_weight)
     if epochs == freeze_epochs:
         model.network.eval()
         return history if history is not None else History()
@@ -121,6 +125,7 @@ def fine_tune(
         run_dir=run_dir,
         resume=resume,
         augment=augment,
+        class_weight=class_weight,
     )
 
 

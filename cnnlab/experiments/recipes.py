@@ -172,11 +172,13 @@ def fit_recipe(
     verbose: int = 1,
     run_dir=None,
     resume: bool = False,
+    class_weight: str | dict | None = None,
 ) -> History:
     """Train any Model on ``data`` (a LabData) with the recipe's schedule, augmentation and EMA.
 
     The model's optimizer and label smoothing stay as built, apart from the learning rate, which
-    the one-cycle schedule drives from the model's ``learning_rate`` as its peak.
+    the one-cycle schedule drives from the model's ``learning_rate`` as its peak. ``class_weight``
+    weighs the training loss per class, as ``Model.fit`` does (every member of an ensemble alike).
     """
     settings = get_recipe(recipe)
     schedule = [OneCycle(settings.warmup)]
@@ -193,6 +195,7 @@ def fit_recipe(
         augment=CropFlip(settings.translate, seed=seed, cutout=settings.cutout),
         run_dir=run_dir,
         resume=resume,
+        class_weight=class_weight,
     )
 
 

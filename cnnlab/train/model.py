@@ -40,6 +40,7 @@ from cnnlab.train.callbacks import (
     TerminateOnNaN,
 )
 from cnnlab.train.checkpoint import CHECKPOINT
+from cnnlab.train.class_weights import resolve_class_weight
 from cnnlab.train.inputs import SYMMETRIC, Preprocessing, as_tensor, device_images, nchw, scale_batch
 from cnnlab.train.optim import MuonSGD
 from cnnlab.train.summary import count_params, format_summary
@@ -117,6 +118,7 @@ class Model:
         self.history: History | None = None
         self._order = torch.Generator()  # the shuffling order of fit, part of its checkpoints
         self._initial_epoch = 0
+        self._class_weights: torch.Tensor | None = None  # fit's class_weight, one per class, training loss only
         # Keras' l2 regularizer penalises kernels only, not biases or BatchNorm.
         self._kernels = [m.weight for m in self.network.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
@@ -220,10 +222,16 @@ class Model:
             raise DataError("no training images")
         return images, labels, val_images, val_labels
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None):
+        """Cross-entropy (+ the l2 penalty). With ``class_weights`` each image's loss is multiplied by its
+        class's weight and averaged over the batch, as Keras does (not divided by the weights' sum)."""
         if logits.ndim == 3:  # an ensemble while training: (members, N, classes), each member on its own
             logits, labels = logits.flatten(0, 1), labels.repeat(len(logits))
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        if class_weights is None:
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        else:
+            each = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing, reduction="none")
+            loss = (each * class_weights[labels]).mean()
         if self.l2:
             loss = loss + self.l2 * sum(w.pow(2).sum() for w in self._kernels)
         return loss
@@ -231,7 +239,7 @@ class Model:
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor):
         with self._autocast():
             logits = self.network(images)
-        loss = self._loss(logits, labels)
+        loss = self._loss(logits, labels, self._class_weights)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:
             self.scaler.scale(loss).backward()
@@ -297,6 +305,7 @@ class Model:
         run_dir: str | os.PathLike | None = None,
         resume: bool = False,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        class_weight: str | dict | None = None,
     ) -> History:
         """Train; one epoch is one pass over ``x``. Returns a History with loss/accuracy (+ val_*).
 
@@ -305,14 +314,20 @@ class Model:
         touches validation data; its get_state/set_state, if it has them, go into checkpoints.
         With ``run_dir`` every epoch is checkpointed (the last two kept, each verified) and
         ``resume=True`` continues a killed run from its last intact checkpoint.
+        ``class_weight`` ("balanced" or {class_index: weight}) weighs the training loss per class, as in
+        Keras; validation and evaluate stay unweighted. "balanced" counts the training split's labels.
         """
         if batch_size < 1 or epochs < 0:
             raise ConfigError(f"need batch_size >= 1 and epochs >= 0, got {batch_size} and {epochs}")
         images, labels, val_images, val_labels = self._fit_data(x, y, validation_data, validation_split)
+        weights = resolve_class_weight(class_weight, labels, self.num_classes)
+        self._class_weights = None if weights is None else torch.tensor(weights, device=self.device).float()
         seed = int(getattr(self.config, "seed", None) or 0) if seed is None else seed
         torch.manual_seed(seed)
         self._order, self._initial_epoch = torch.Generator().manual_seed(seed), 0
         params = {"batch_size": batch_size, "epochs": epochs, "samples": len(images), "seed": seed}
+        if weights is not None:
+            params["class_weight"] = [float(w) for w in weights]
         run = Path(run_dir) if run_dir else None
         if run:
             run.mkdir(parents=True, exist_ok=True)
@@ -406,6 +421,7 @@ class Model:
             "order_rng": self._order.get_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "config": self.config.to_dict() if self.config is not None else None,
+            "class_weight": self._class_weight_list(),
         }
 
     def load_training_state(self, state: dict, folder: Path) -> None:
@@ -420,6 +436,12 @@ class Model:
                 f"{folder} was written by a different model configuration; resume with the same settings, "
                 "or start a new run folder"
             )
+        saved, current = state.get("class_weight"), self._class_weight_list()
+        if saved != current:
+            raise ConfigError(
+                f"{folder} was trained with class weights {_rounded(saved)}, this run has {_rounded(current)}; "
+                "resume with the same --class-weight (class_weight), or start a new run folder"
+            )
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state.get("scaler"):
@@ -429,3 +451,11 @@ class Model:
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self._initial_epoch = int(state["epochs_done"])
+
+    def _class_weight_list(self) -> list[float] | None:
+        """fit's class weights as checkpoints hold them: a resume must weigh the loss as the run did."""
+        return None if self._class_weights is None else self._class_weights.tolist()
+
+
+def _rounded(weights: list[float] | None) -> str:
+    return "none" if weights is None else "[" + ", ".join(f"{w:.3g}" for w in weights) + "]"
