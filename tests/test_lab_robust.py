@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -129,7 +131,64 @@ def test_part5_turns_non_square_images_upside_down_and_says_why(tmp_path):
     assert list(facts["sizes"]) == ["18x30", "24x40", "36x60", "48x80"]
     sizes_answer = dict(section.answers)[next(q for q, _ in section.answers if q.startswith("29."))]
     assert f"{facts['sizes']['36x60']:.1%} at 36 x 60" in sizes_answer
-    assert "Flatten turns the last 6 x 10 x 32 feature map into 1,920 numbers" in dict(section.answers)[
-        next(q for q, _ in section.answers if q.startswith("28."))
-    ]
+    assert (
+        "Flatten turns the last 6 x 10 x 32 feature map into 1,920 numbers"
+        in dict(section.answers)[next(q for q, _ in section.answers if q.startswith("28."))]
+    )
     assert section.tables[0].columns[-1] == "turned 180 degrees"
+
+
+# --------------------------------------------------------------------------- part 9's choice and question 35
+
+
+@pytest.fixture
+def untrained_imagenet(monkeypatch):
+    """An untrained ResNet50 stands in for the ImageNet weights: the wiring, not the accuracy, is tested."""
+    from cnnlab.models import resnet50, resnet50_classifier
+
+    monkeypatch.setattr(resnet50_classifier, "imagenet_backbone", lambda config: (resnet50.ResNet50(), "w", "0" * 64))
+
+
+def test_part9_fine_tunes_resnet50_on_a_photo_folder_and_says_why(tmp_path, untrained_imagenet):
+    from cnnlab.lab import p9_best
+
+    data = photo_like_data(64, 96, n_train=48, n_eval=12)
+    section = p9_best.run(tiny_context(tmp_path, data))
+    facts, answers = section.facts, dict(section.answers)
+    assert facts["chosen"] == "pretrained" and facts["scratch"] is None
+    assert not (tmp_path / "runs" / p9_best.SCRATCH_RUN).exists()  # the 32x32 recipe was not trained
+    why = answers["Which network does this part train, and why?"]
+    assert why.startswith("The images of `/photos` are 64x96 photos, so this part fine-tunes the ImageNet ResNet50")
+    assert "1 epoch(s) of the new head on frozen ImageNet features, at 32 px" in why and why == section.intro
+    pretrained = facts["pretrained"]
+    assert (
+        f"reaches {pretrained['test']:.1%} in {pretrained['seconds']:.0f} s"
+        in answers["How high a test accuracy does it reach?"]
+    )
+    assert section.tables[0].rows[0][0] == "ResNet50 fine-tuned from ImageNet"
+
+
+def test_part9_compares_scratch_and_pretrained_and_answers_35_from_the_measurements(tmp_path, untrained_imagenet):
+    from cnnlab.lab import p9_best
+
+    data = photo_like_data(32, 32, n_train=64, n_eval=16)
+    data.source = {"source": "synthetic", "md5": None, "official": False}  # CIFAR-sized: both are trained
+    ctx = tiny_context(tmp_path, data)
+    ctx.carbon = True
+    section = p9_best.run(ctx)
+    scratch, pretrained = section.facts["scratch"], section.facts["pretrained"]
+    answer = dict(section.answers)[next(q for q, _ in section.answers if q.startswith("35."))]
+    for side in (scratch, pretrained):
+        assert side["energy_kwh"] > 0 and side["seconds"] > 0
+        assert f"{side['test']:.1%} in {side['seconds']:.0f} s ({side['energy_kwh']:.2e} kWh, " in answer
+        assert f"kWh, {side['co2eq_g']:.3g} g CO2eq)" in answer
+    ratio = pretrained["energy_kwh"] / scratch["energy_kwh"]
+    assert f"cost {ratio:.2f}x the energy of training from scratch" in answer
+    assert f"{pretrained['test'] - scratch['test']:+.1%} points" in answer
+    table = section.tables[0]
+    assert [row[0] for row in table.rows] == ["recipe 'fast5' from scratch", "ResNet50 fine-tuned from ImageNet"]
+    assert table.rows[0][1] == "1 epochs, 2 network(s)" and "for 1 of its 18 epochs" in section.intro
+    cost = json.loads((tmp_path / "runs" / "pretrained_resnet50" / "cost.json").read_text())
+    assert cost["energy_kwh"] == pretrained["energy_kwh"]
+    again = p9_best.run(ctx)  # the finished recipe run is reused with its measured cost
+    assert again.facts["scratch"]["seconds"] == scratch["seconds"]

@@ -265,7 +265,8 @@ def run(ctx: LabContext) -> Section:
             "most_confused": found["most_confused"],
             "per_class_accuracy": per_class,
             "best_and_worst_class": found["best_and_worst_class"],
-            "sizes": {size_text(size).replace(" x ", "x"): accuracy for size, accuracy in sizes.items()},
+            "sizes": {size_text(size).replace(" x ", "x") if isinstance(size, tuple) else str(size): accuracy
+                      for size, accuracy in sizes.items()},  # fmt: skip
             **explained.facts,
         },
     )
