@@ -265,8 +265,10 @@ def run(ctx: LabContext) -> Section:
             "most_confused": found["most_confused"],
             "per_class_accuracy": per_class,
             "best_and_worst_class": found["best_and_worst_class"],
-            "sizes": {size_text(size).replace(" x ", "x") if isinstance(size, tuple) else str(size): accuracy
-                      for size, accuracy in sizes.items()},  # fmt: skip
+            "sizes": {
+                size_text(size).replace(" x ", "x") if isinstance(size, tuple) else str(size): accuracy
+                for size, accuracy in sizes.items()
+            },  # fmt: skip
             **explained.facts,
         },
     )
