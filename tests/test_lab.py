@@ -185,7 +185,7 @@ def test_part1_matches_the_learned_filters_and_shares_run_e_with_part5(tmp_path,
     ctx = tiny_context(tmp_path, synthetic_data(6, True, n_train=96, n_eval=32))
     whitening = np.zeros((24, 3, 2, 2), np.float32)
     whitening[:, :, 0, :], whitening[:, :, 1, :] = 1, -1  # 24 grey horizontal-edge filters
-    save_file({"whiten.weight": torch.from_numpy(whitening)}, ctx.path("runs", "recipe_fast", "weights.safetensors"))
+    save_file({"whiten.weight": torch.from_numpy(whitening)}, ctx.path("runs", "recipe_fast5", "weights.safetensors"))
     section = p1_convolution.run(ctx)
     facts, answers = section.facts, answers_of(section)
     learned, untrained = facts["learned_filters"], facts["untrained_filters"]

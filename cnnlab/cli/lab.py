@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cnnlab.cli._data import add_data_options
@@ -84,4 +85,9 @@ def _run_lab(args: argparse.Namespace, parts: list) -> int:
     sections = run_parts(ctx, parts)
     html_report, markdown_report = write_report(sections, args.out, ReportInfo.for_run(ctx, sections))
     print(f"Report: {html_report} (Markdown: {markdown_report})")
+    failed = [section.key for section in sections if section.failed]
+    if failed:
+        print(f"cnnlab lab: {len(failed)} part(s) failed: {', '.join(failed)}; see their sections in the report",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0

@@ -14,6 +14,11 @@ from cnnlab.lab.store import CorruptPart, Section, read_stored_part
 
 MODES = ("full", "quick", "tiny")
 PHOTOS_ENV = "CNNLAB_PHOTOS"
+# The lab's CNNs are sized for CIFAR's 32x32 images: their cost grows with the pixels (a 170x256 photo costs
+# 42 times a CIFAR image per step) while their few filters gain little from fine detail. Larger images are
+# downscaled for them to this longer side, the aspect ratio kept, unless --image-size chose a size.
+LAB_MAX_SIDE = 64
+RESIZE_CHUNK = 256  # images resized at a time: a float copy of them all could take gigabytes
 
 
 class PartSkipped(Exception):
@@ -69,20 +74,31 @@ class LabContext:
 
         return [CarbonCallback(verbose=False)]
 
-    def lab_data(self):
+    def lab_data(self, native: bool = False):
         """The lab's train/validation/test split of CIFAR-10 (or the data set ``data_source`` names), loaded
         once per process as uint8 (the trainer scales each batch: a quarter of float32's memory); tiny runs
-        use 600/200/200."""
+        use 600/200/200.
+
+        Images larger than LAB_MAX_SIDE come downscaled for the lab's CNNs (``source["note"]`` says so, and
+        part 3 reports it); ``native=True`` gives them as loaded, for a pretrained network that resizes itself.
+        """
         if "data" not in self.cache:
             from cnnlab.data.split import load_lab_data
 
             sizes = {"n_train_val": 800, "n_test": 200} if self.tiny else {}
             try:
-                self.cache["data"] = load_lab_data(self.data_source, dtype="uint8", **sizes, **self.data_options)
+                loaded = load_lab_data(self.data_source, dtype="uint8", **sizes, **self.data_options)
             except DataError as error:
                 what = "CIFAR-10" if self.data_source is None else "the data"
                 raise PartSkipped(f"{what} could not be loaded", str(error)) from None  # the error names path and fix
-        return self.cache["data"]
+            self.cache["native_data"] = loaded
+            self.cache["data"] = loaded if self.data_options.get("image_size") else downscaled_for_lab(loaded)
+        return self.cache["native_data" if native and "native_data" in self.cache else "data"]
+
+    def downscaled(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(loaded size, size the lab's CNNs train on) when lab_data downscaled the images, else None."""
+        resize = self.lab_data().source.get("lab_resize")
+        return (tuple(resize["from"]), tuple(resize["to"])) if resize else None
 
     def is_cifar10(self) -> bool:
         """Whether the lab runs on CIFAR-10, the data its questions and counts are written for."""
@@ -150,6 +166,34 @@ class LabContext:
         if not folder.is_dir():
             raise PartSkipped(f"the photos folder {folder} does not exist", remedy)
         return folder
+
+
+def downscaled_for_lab(data):
+    """``data`` with images whose longer side exceeds LAB_MAX_SIDE downscaled to it (aspect kept), and a note
+    in its source saying from what to what; smaller images come back unchanged."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from cnnlab.evaluate.generalization import resize_images
+
+    height, width, channels = data.input_shape
+    scale = LAB_MAX_SIDE / max(height, width)
+    if scale >= 1:
+        return data
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+
+    def resized(x):
+        chunks = [resize_images(x[start : start + RESIZE_CHUNK], size) for start in range(0, len(x), RESIZE_CHUNK)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, *size, channels), x.dtype)
+
+    note = (f"images downscaled from {height}x{width} to {size[0]}x{size[1]} for the lab's CNNs, which were "
+            f"sized for 32x32 (each step would cost {height * width / (size[0] * size[1]):.0f}x as much at full "
+            "size); --image-size HxW chooses another size")  # fmt: skip
+    source = {**data.source, "lab_resize": {"from": [height, width], "to": list(size)}}
+    source["note"] = "; ".join(filter(None, (data.source.get("note"), note)))
+    return replace(data, x_train=resized(data.x_train), x_val=resized(data.x_val), x_test=resized(data.x_test),
+                   source=source, input_shape=(*size, channels))  # fmt: skip
 
 
 def run_finished(run: Path, epochs: int) -> bool:

@@ -28,13 +28,14 @@ from cnnlab.evaluate import filters
 from cnnlab.lab.context import LabContext, PartSkipped
 from cnnlab.lab.p4_cnn import LAB_RUNS
 from cnnlab.lab.p5_generalization import BEST_RUN, lab_cnn
+from cnnlab.lab.p9_best import SCRATCH_RUN
 from cnnlab.lab.store import Section, Table
 
 # The full and quick runs include training part 4's run E, which parts 4 and 5 then reuse.
 ESTIMATED_SECONDS = {"full": 90, "quick": 25, "tiny": 10}
 CIFAR_SIDE = 32
 LAB_CONV_BLOCKS = 4  # the deepest model of part 4: four conv (3x3) + max-pool (2x2) blocks
-RECIPE_RUN = "recipe_fast"  # part 9's run of the recipe network, whose first layer is frozen whitening
+RECIPE_RUN = SCRATCH_RUN  # part 9's run of the recipe network, whose first layer is frozen whitening
 
 
 def _ascent() -> np.ndarray:

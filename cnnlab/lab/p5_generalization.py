@@ -203,9 +203,10 @@ def run(ctx: LabContext) -> Section:
     epochs = ctx.epochs(*LAB_EPOCHS)
     model, history = lab_cnn(ctx)
 
-    # 5.0 rotated test images
-    rotated = evaluate_rotated(model, data.x_test, data.y_test)
-    rotation_preview(data.x_test, myrotate(data.x_test), path=ctx.path("figures", "rotated.png"))
+    # 5.0 rotated test images: a quarter turn, or a half turn where a quarter would swap height and width
+    turns = rotation_turns(data.input_shape)
+    rotated = {**evaluate_rotated(model, data.x_test, data.y_test, turns), "degrees": 90 * turns}
+    rotation_preview(data.x_test, myrotate(data.x_test, turns), path=ctx.path("figures", "rotated.png"))
 
     # 5.1-5.2 the same configuration trained with augmentation
     augment = Augmentation(**LAB_AUGMENTATION, seed=0)
@@ -219,14 +220,14 @@ def run(ctx: LabContext) -> Section:
     augmented, augmented_history = ctx.trained_model(f"{BEST_RUN}_augmented", build, batch_size, epochs, augment)
     plot_results(augmented_history, ctx.path("figures", "run_augmented.png"), title=f"{label}, with augmentation")
     augmented_test = augmented.evaluate(data.x_test, data.y_test)[1]
-    augmented_rotated = evaluate_rotated(augmented, data.x_test, data.y_test)["rotated"]
+    augmented_rotated = evaluate_rotated(augmented, data.x_test, data.y_test, turns)["rotated"]
 
     found = _mistakes(ctx, data, augmented)
     mistakes, per_class, explained = found["mistakes"], found["per_class"], found["explained"]
     size_answers, sizes = _size_answers(ctx, model, data, rotated, caveat)
     plain_acc, augmented_acc = history["accuracy"], augmented_history["accuracy"]
     answers = [
-        _rotation_answer(label, rotated, augmented_rotated, caveat, data.num_classes),
+        _rotation_answer(label, rotated, augmented_rotated, caveat, data),
         _memory_answer(ctx, data),
         *_training_answers(history, augmented_history, rotated, augmented_test, caveat),
         *size_answers,
@@ -239,7 +240,7 @@ def run(ctx: LabContext) -> Section:
         f"configuration trained with augmentation ({', '.join(f'{k}={v}' for k, v in LAB_AUGMENTATION.items())}) "
         f"and with global average pooling instead of Flatten. {len(data.x_test):,} test images{caveat}.",
         figures=[
-            ("figures/rotated.png", "Test images (top) and the same images turned 90 degrees (bottom)"),
+            ("figures/rotated.png", f"Test images (top) and the same turned {rotated['degrees']} degrees (bottom)"),
             ("figures/augmented_examples.png", "Training images and augmented versions of them"),
             ("figures/run_augmented.png", "Training with augmentation: loss and accuracy per epoch"),
             ("figures/misclassified.png", "The augmented model's most confident mistakes"),
@@ -264,27 +265,49 @@ def run(ctx: LabContext) -> Section:
             "most_confused": found["most_confused"],
             "per_class_accuracy": per_class,
             "best_and_worst_class": found["best_and_worst_class"],
-            "sizes": {str(size): accuracy for size, accuracy in sizes.items()},
+            "sizes": {
+                size_text(size).replace(" x ", "x") if isinstance(size, tuple) else str(size): accuracy
+                for size, accuracy in sizes.items()
+            },  # fmt: skip
             **explained.facts,
         },
     )
 
 
-def _rotation_answer(label: str, rotated: dict, augmented_rotated: float, caveat: str, num_classes: int):
-    """Question 24: the plain and the augmented model on quarter-turned test images."""
+def rotation_turns(input_shape) -> int:
+    """Quarter turns to test with: 1 (the lab's 90 degrees) for square images, 2 (180 degrees) otherwise.
+
+    A quarter turn of a 42x64 image is 64x42, which a Flatten model refuses (its dense layer has one input
+    per pixel of the last feature map); upside down keeps the shape and asks the same question: did the
+    filters learn upright objects only? Cropping to a square first would test a crop the model never saw.
+    """
+    height, width = input_shape[:2]
+    return 1 if height == width else 2
+
+
+def _rotation_answer(label: str, rotated: dict, augmented_rotated: float, caveat: str, data):
+    """Question 24: the plain and the augmented model on turned test images (a quarter turn if square)."""
+    degrees, (height, width) = rotated["degrees"], data.input_shape[:2]
+    why_half = (
+        ""
+        if degrees == 90
+        else f"The images are {height}x{width}, not square: turned 90 degrees they would be {width}x{height}, "
+        f"which this Flatten model cannot take, so they are turned {degrees} degrees (upside down) instead. "
+    )
     return (
         "24. What is the test accuracy on rotated test images, compared to unrotated ones? Why the difference?",
-        f"Run {BEST_RUN} ({label}) scores {rotated['original']:.1%} on the test images and "
-        f"{rotated['rotated']:.1%} on the same images turned 90 degrees{caveat}: {abs(rotated['drop']):.1%} points "
-        f"{'lower' if rotated['drop'] >= 0 else 'higher'}, where guessing would score {1 / num_classes:.0%}. "
+        why_half + f"Run {BEST_RUN} ({label}) scores {rotated['original']:.1%} on the test images and "
+        f"{rotated['rotated']:.1%} on the same images turned {degrees} degrees{caveat}: "
+        f"{abs(rotated['drop']):.1%} points {'lower' if rotated['drop'] >= 0 else 'higher'}, where guessing would "
+        f"score {1 / data.num_classes:.0%}. "
         "The filters learned what upright objects look like (sky above, wheels and legs below); no training "
         "image showed them turned, and neither convolution nor pooling is invariant to rotation. The model "
         f"trained with augmentation (rotations of at most {LAB_AUGMENTATION['rotation_range']} degrees) scores "
         f"{augmented_rotated:.1%} on the turned images, "
         + (
-            "so small rotations help a little with quarter turns."
+            f"so small rotations help a little with {degrees}-degree turns."
             if augmented_rotated > rotated["rotated"] + 0.02
-            else "so small rotations do not teach quarter turns."
+            else f"so small rotations do not teach {degrees}-degree turns."
         ),
     )
 
@@ -294,7 +317,7 @@ def _tables(label, rotated, augmented_test, augmented_rotated, plain_acc, augmen
     return [
         Table(
             "Test accuracy",
-            ["model", "test images", "turned 90 degrees"],
+            ["model", "test images", f"turned {rotated['degrees']} degrees"],
             [
                 [f"run {BEST_RUN}: {label}", f"{rotated['original']:.3f}", f"{rotated['rotated']:.3f}"],
                 ["same, with augmentation", f"{augmented_test:.3f}", f"{augmented_rotated:.3f}"],
@@ -313,7 +336,7 @@ def _tables(label, rotated, augmented_test, augmented_rotated, plain_acc, augmen
         Table(
             "Global-average-pooling model at other input sizes",
             ["size", "test accuracy"],
-            [[f"{size} x {size}", f"{accuracy:.3f}"] for size, accuracy in sizes.items()],
+            [[size_text(size), f"{accuracy:.3f}"] for size, accuracy in sizes.items()],
         ),
     ]
 
@@ -376,47 +399,68 @@ def _training_answers(history: dict, augmented_history: dict, rotated: dict, aug
     ]
 
 
+def size_text(size: int | tuple[int, int]) -> str:
+    """'32 x 32' for a square side, '42 x 64' for (height, width)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    return f"{height} x {width}"
+
+
+def pooled_sizes(input_shape) -> list:
+    """The sizes the pooling model is tested at: the lab's squares, or for other images their own shape
+    scaled by 3/4, 1, 3/2 and 2 (a square would squash them)."""
+    height, width = input_shape[:2]
+    if height == width:
+        return list(LAB_SIZES)
+    return [(round(height * f), round(width * f)) for f in (0.75, 1.0, 1.5, 2.0)]
+
+
 def _size_answers(ctx: LabContext, model, data, rotated: dict, caveat: str) -> tuple[list[tuple[str, str]], dict]:
     """Questions 28 and 29: the Flatten model refuses other sizes, a global-average-pooling twin (trained
     here) accepts them. Returns the answers and the twin's test accuracy per size."""
     _label, build, batch_size = LAB_RUNS[BEST_RUN]
     epochs = ctx.epochs(*LAB_EPOCHS)
-    other_size = next(size for size in LAB_SIZES if size != data.x_test.shape[1])
+    height, width = data.input_shape[:2]
+    own = height if height == width else (height, width)
+    tested = pooled_sizes(data.input_shape)
+    other_size = next(size for size in tested if size != own)
     refusal = _size_refusal(model, data.x_test, data.y_test, other_size)
     pooled, _ = ctx.trained_model(f"{BEST_RUN}_gap", {**build, "head": "gap"}, batch_size, epochs)
-    sizes = evaluate_sizes(pooled, data.x_test, data.y_test, LAB_SIZES)
+    sizes = evaluate_sizes(pooled, data.x_test, data.y_test, tested)
     best_size = max(sizes, key=sizes.get)
-    side = data.x_test.shape[1]
     conv_blocks, last_filters = build["n_conv_layers"], build["n_filters"] * 2 ** (build["n_conv_layers"] - 1)
-    flatten_inputs = {size: (size // 2**conv_blocks) ** 2 * last_filters for size in (side, other_size)}
 
+    def last_map(size) -> tuple[int, int]:
+        h, w = (size, size) if isinstance(size, int) else size
+        return h // 2**conv_blocks, w // 2**conv_blocks
+
+    flatten_inputs = {size: last_map(size)[0] * last_map(size)[1] * last_filters for size in (own, other_size)}
     answers = [
         (
             "28. This CNN was trained on 32 x 32 images: can it be applied to images of another size?",
-            f"Not as built: Flatten turns the last {side // 2**conv_blocks} x {side // 2**conv_blocks} x "
-            f"{last_filters} feature map into {flatten_inputs[side]:,} numbers, and the dense layer after it has "
-            f"exactly that many inputs per node. At {other_size} x {other_size} the map would give "
-            f"{flatten_inputs[other_size]:,}. Asked to, cnnlab refuses: \u201c{refusal}\u201d",
+            f"Not as built: Flatten turns the last {size_text(last_map(own))} x {last_filters} feature map into "
+            f"{flatten_inputs[own]:,} numbers, and the dense layer after it has exactly that many inputs per node. "
+            f"At {size_text(other_size)} the map would give {flatten_inputs[other_size]:,}. Asked to, cnnlab "
+            f"refuses: \u201c{refusal}\u201d",
         ),
         (
             "29. Can a CNN be trained on one size and applied to any size? How?",
             "Yes, if nothing in it depends on the size: convolutions and pooling do not, so replace Flatten with "
             "global average pooling (one number per channel, whatever the map's size) or make the classifier "
             "convolutional (1x1 convolutions, a fully convolutional network). The same configuration with global "
-            f"average pooling, trained on {side} x {side} images, scores "
-            + ", ".join(f"{accuracy:.1%} at {size} x {size}" for size, accuracy in sizes.items())
+            f"average pooling, trained on {size_text(own)} images, scores "
+            + ", ".join(f"{accuracy:.1%} at {size_text(size)}" for size, accuracy in sizes.items())
             + f"{caveat}. It runs at every size. "
             + (
-                f"At {side} x {side} it scores {sizes[side]:.1%} against {rotated['original']:.1%} for run {BEST_RUN} "
-                "with Flatten: averaging away where features are costs a network this small accuracy. "
-                if sizes.get(side, 1.0) < rotated["original"] - 0.02
+                f"At {size_text(own)} it scores {sizes[own]:.1%} against {rotated['original']:.1%} for run "
+                f"{BEST_RUN} with Flatten: averaging away where features are costs a network this small accuracy. "
+                if sizes.get(own, 1.0) < rotated["original"] - 0.02
                 else ""
             )
             + (
-                f"It is best at {side} x {side}, the size it was trained on, where objects have the sizes its filters "
-                "learned."
-                if best_size == side
-                else f"Here it is best at {best_size} x {best_size}, not at the {side} x {side} it was trained on."
+                f"It is best at {size_text(own)}, the size it was trained on, where objects have the sizes its "
+                "filters learned."
+                if best_size == own
+                else f"Here it is best at {size_text(best_size)}, not at the {size_text(own)} it was trained on."
             ),
         ),
     ]

@@ -130,7 +130,7 @@ def run(ctx: LabContext) -> Section:
     answers = [
         *_structure_answers(convs, counts, blocks),
         (
-            "35. What is the carbon footprint of using a pre-trained network compared to training one from scratch?",
+            "What did training ResNet50 cost, against using it? (Part 9 measures question 35 on this machine.)",
             _carbon_answer(classified, macs, training_ops),
         ),
     ]

@@ -78,6 +78,7 @@ def dataset_sentence(source: dict | None) -> str:
         return (
             f"Data: {source.get('kind')} `{source.get('path') or source.get('source')}`, not CIFAR-10: parts and "
             "questions written for CIFAR-10 say where they do not apply."
+            + (f" Note: {source['note']}." if source.get("note") else "")
         )
     copy, name = unofficial_copy(source), str(source.get("source"))
     if copy is None:
@@ -105,6 +106,9 @@ def _header_lines(sections: list[Section], info: ReportInfo) -> list[str]:
         lines.append(
             f"Skipped, wholly or in part, for missing input: {', '.join(skipped)} (each says how to provide it)."
         )
+    failed = [section.title for section in sections if section.failed]
+    if failed:
+        lines.append(f"**Failed:** {', '.join(failed)} (each shows its error; a rerun tries it again).")
     return lines
 
 
@@ -112,6 +116,8 @@ def section_markdown(section: Section, embed_from: Path | None = None) -> str:
     """One part as Markdown. Figures link to their files, or with ``embed_from`` (the report folder) are
     embedded as data URIs, as a notebook needs them."""
     out = [f"## {section.title}", ""]
+    if section.failed:
+        return "\n".join([*out, f"> **Failed:** {section.failed}", ""])
     if section.skipped:
         return "\n".join([*out, f"> **Skipped:** {section.skipped}", ""])
     if section.missing:
@@ -169,9 +175,10 @@ def _html_figure(out: Path, path: str, caption: str) -> str:
 
 def _html_section(section: Section, out: Path) -> str:
     parts = [f'<section id="{_anchor(section)}"><h2>{html.escape(section.title)}</h2>']
-    if section.skipped:
-        parts.append(f'<p class="skipped"><strong>Skipped:</strong> {_MARKDOWN.renderInline(section.skipped)}</p>')
-        return "".join(parts) + "</section>"
+    for label, text in (("Failed", section.failed), ("Skipped", section.skipped)):
+        if text:
+            parts.append(f'<p class="skipped"><strong>{label}:</strong> {_MARKDOWN.renderInline(text)}</p>')
+            return "".join(parts) + "</section>"
     if section.missing:
         parts.append(f'<p class="skipped"><strong>Not done:</strong> {_MARKDOWN.renderInline(section.missing)}</p>')
     if section.intro:
@@ -191,7 +198,7 @@ def render_html(sections: list[Section], out: Path, info: ReportInfo, title: str
     """One HTML document with every figure of ``out`` embedded; nothing in it refers outside the file."""
     contents = "".join(
         f'<li><a href="#{_anchor(section)}">{html.escape(section.title)}</a>'
-        + (" (skipped)" if section.skipped else "")
+        + (" (failed)" if section.failed else " (skipped)" if section.skipped else "")
         + "</li>"
         for section in sections
     )

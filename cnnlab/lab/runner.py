@@ -1,9 +1,14 @@
-"""Running the lab: the parts found in this package in order, each stored when done, each failure reported."""
+"""Running the lab: the parts found in this package in order, each stored when done, each failure reported.
+
+A part that raises is reported in its own section and the others still run: an hour of results is not
+lost to one part's bug. KeyboardInterrupt is not an Exception, so Ctrl-C still stops the whole lab.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from cnnlab.core.locks import folder_lock
@@ -47,6 +52,19 @@ def run_parts(ctx: LabContext, parts: list[tuple[str, Part]], live: bool | None 
         return [_run_one(ctx, index, key, part, progress) for index, (key, part) in enumerate(parts, 1)]
 
 
+def _failed(ctx: LabContext, index: int, key: str, part: Part, error: Exception, progress: LabProgress) -> Section:
+    """A part that raised: its traceback goes to OUT/logs/KEY-error.log and stderr, its error to its section.
+
+    Nothing is stored, so the next run tries the part again; the command exits non-zero (see cli/lab.py).
+    """
+    log = ctx.path("logs", f"{key}-error.log")
+    log.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+    message = f"{type(error).__name__}: {error}"
+    progress.log(log.read_text(encoding="utf-8").rstrip())
+    progress.finish(index, key, None, f"FAILED: {message} (traceback in {log})")
+    return Section(key=key, title=_title_of(key, part), failed=f"{message} (the traceback is in `{log}`)")
+
+
 def _run_one(ctx: LabContext, index: int, key: str, part: Part, progress: LabProgress) -> Section:
     stored = ctx.out / "parts" / f"{key}.json"
     try:
@@ -66,6 +84,8 @@ def _run_one(ctx: LabContext, index: int, key: str, part: Part, progress: LabPro
         # Not stored: once the input is provided, the next run does the part.
         progress.finish(index, key, None, f"skipped: {skip}")
         return Section(key=key, title=_title_of(key, part), skipped=str(skip))
+    except Exception as error:  # noqa: BLE001 - one part's bug must not cost the others; Ctrl-C still stops
+        return _failed(ctx, index, key, part, error, progress)
     section.seconds = time.perf_counter() - started
     if section.missing:  # not stored: once the input is provided, the next run completes the part
         progress.finish(index, key, section.seconds, f"done without some input: {section.missing}")

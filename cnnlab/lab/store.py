@@ -33,6 +33,7 @@ class Section:
     seconds: float = 0.0
     skipped: str = ""  # why the part did not run and how to make it run; empty when it ran
     missing: str = ""  # inputs the part ran without (and how to provide them); such a result is not reused
+    failed: str = ""  # the error that stopped the part (its traceback is in the log); never stored
 
     @classmethod
     def from_json(cls, data: dict) -> Section:
