@@ -20,7 +20,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("model", type=Path, metavar="MODEL", help="run folder or model file (.safetensors)")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
-    parser.add_argument("--top", type=int, default=5, help="classes shown per image (default: 5)")
+    parser.add_argument(
+        "--top", type=int, help="classes shown per image (default: 5, or every class of a model with fewer)"
+    )
     parser.add_argument(
         "--resize",
         choices=("stretch", "crop"),
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.models.registry import load_model
 
     model = load_model(args.model, device=args.device)
-    result = predict_images(model, args.images, top=args.top, resize=args.resize)
+    top = args.top if args.top is not None else min(5, model.num_classes)
+    result = predict_images(model, args.images, top=top, resize=args.resize)
     figure = None
     if result.predictions:
         shown = result.predictions[:FIGURE_ROWS]

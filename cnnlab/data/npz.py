@@ -17,7 +17,9 @@ def load_npz(path: Path) -> ImageDataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    # A damaged zip header can name an unknown compression method (zipfile: NotImplementedError) or set the
+    # encryption flag (zipfile: RuntimeError, a password is required); both are a damaged file, not a bug.
+    except (OSError, ValueError, EOFError, NotImplementedError, RuntimeError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: not a readable .npz ({error}); save it with numpy.savez") from error
     if "x_train" not in arrays or "y_train" not in arrays:
         raise DataError(f"{path}: needs arrays x_train and y_train (found {sorted(arrays)}); see numpy.savez")
