@@ -3,7 +3,8 @@
     CNNLAB_CIFAR10=... CNNLAB_THREADS=1 python benchmarks/class_weight.py [--epochs 20] [--seed 0]
 
 The training set is three CIFAR-10 classes at 10:1:10 (airplane 1,000, dog 100, cat 1,000 of the first
-training images; dog, the minority, sits next to its look-alike cat), saved as an .npz; the test set is
+training images; dog, the minority, sits next to its look-alike cat), saved as an image folder
+(``train/`` and ``test/`` with a PNG folder per class, as users lay out their photos); the test set is
 the classes' 3,000 test images, balanced. ``cnnlab train`` trains the lab's CNN on it twice, as a user
 would: plainly and with ``--class-weight balanced``, same seed and budget. Per-class accuracy is each
 class's recall; the minority's recall and the mean per-class (balanced) accuracy show the effect.
@@ -26,17 +27,20 @@ CLASSES = {"airplane": (0, 1000), "dog": (5, 100), "cat": (3, 1000)}  # name: (C
 MINORITY = "dog"
 
 
-def unbalanced_npz(path: Path) -> None:
-    """The 10:1 training set and the balanced test set of CLASSES, as `cnnlab train --data` takes an .npz."""
+def unbalanced_folder(root: Path) -> None:
+    """The 10:1 training set and the balanced test set of CLASSES as PNG files in train/ and test/ class folders."""
+    from PIL import Image
+
     from cnnlab.data.cifar import load_cifar10
 
     (x_train, y_train), (x_test, y_test) = load_cifar10(allow_download=False)
-    train = np.concatenate([np.flatnonzero(y_train == label)[:count] for label, count in CLASSES.values()])
-    test = np.concatenate([np.flatnonzero(y_test == label) for label, _ in CLASSES.values()])
-    relabel = np.zeros(10, np.int64)
-    relabel[[label for label, _ in CLASSES.values()]] = np.arange(len(CLASSES))
-    np.savez(path, x_train=x_train[train], y_train=relabel[y_train[train]], x_test=x_test[test],
-             y_test=relabel[y_test[test]], class_names=np.array(list(CLASSES)))  # fmt: skip
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        for name, (label, count) in CLASSES.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            indices = np.flatnonzero(y == label)
+            for index in indices[:count] if split == "train" else indices:
+                Image.fromarray(x[index]).save(folder / f"{index}.png")
 
 
 def train(data: Path, out: Path, epochs: int, seed: int, extra: list[str]) -> tuple[dict, list[str], float]:
@@ -84,8 +88,8 @@ def main() -> None:
 
     configure_threads()
     with tempfile.TemporaryDirectory() as folder:
-        data = Path(folder) / "unbalanced.npz"
-        unbalanced_npz(data)
+        data = Path(folder) / "unbalanced"
+        unbalanced_folder(data)
         runs = {
             "plain": train(data, Path(folder) / "plain", args.epochs, args.seed, []),
             "balanced": train(data, Path(folder) / "balanced", args.epochs, args.seed, ["--class-weight", "balanced"]),

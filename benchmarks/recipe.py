@@ -23,7 +23,7 @@ import statistics
 import time
 
 # "resnet50" is ImageNet ResNet50 fine-tuned (cnnlab.experiments.fine_tune's "full" budget; "resnet50-short"
-# is the lab's part 9 budget). It needs $CNNLAB_RESNET50_WEIGHTS.
+# its "short" one). It needs $CNNLAB_RESNET50_WEIGHTS.
 TARGETS = {
     "resnet50": (0.85, 600.0),
     "fast": (0.85, 600.0),

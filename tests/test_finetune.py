@@ -100,13 +100,13 @@ def test_image_size_too_small_for_the_backbone():
 
 
 def test_small_images_are_upscaled_and_grey_ones_repeated():
-    assert ResNet50Config(input_shape=(28, 28, 1)).network_size == 64
+    assert ResNet50Config(input_shape=(28, 28, 1)).network_size == 96
     assert ResNet50Config(input_shape=(170, 256, 3)).network_size == 170
     assert ResNet50Config(input_shape=(480, 640, 3)).network_size == 224
     model = _random(input_shape=(20, 30, 1), image_size=None)
     x, _ = _toy(2, 20, 1)
     resized = model.network.resized(torch.zeros(2, 1, 20, 30))
-    assert tuple(resized.shape[-2:]) == (64, 96)  # the shorter side to 64, the aspect kept
+    assert tuple(resized.shape[-2:]) == (96, 144)  # the shorter side to 96, the aspect kept
     assert model.predict(np.zeros((2, 20, 30, 1), np.uint8)).shape == (2, 3)
 
 
