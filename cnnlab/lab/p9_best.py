@@ -72,7 +72,7 @@ def _bar_chart(bars: dict[str, float], path) -> None:
     ax.axvspan(0.52, 0.58, color="tab:orange", alpha=0.2, label=f"the lab's students ({LAB_TARGET})")
     ax.set_xlim(0, 1)
     ax.set_xlabel("test accuracy (2,000 test images)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), frameon=False)  # above the axes: no bar hidden
     save_figure(fig, path)
 
 
