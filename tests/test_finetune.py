@@ -169,6 +169,8 @@ def test_default_model_follows_the_data(monkeypatch, tmp_path):
     kind, why = pick_model(_args(), _data("folder", (170, 256, 3)))
     assert kind == "recipe" and "no ResNet50 weights" in why
     assert pick_model(_args(model="cnn"), _data("folder", (170, 256, 3)))[0] == "cnn"
+    kind, why = pick_model(_args(), _data("folder", (170, 256, 3)), cnn_flags=["n_filters"])
+    assert kind == "cnn" and why.startswith("--n-filters given")  # the flags say which network is meant
 
 
 def test_cli_refuses_bad_resnet50_settings(tmp_path, capsys):

@@ -74,6 +74,19 @@ def test_flatten_model_explains_other_sizes():
         model.predict(np.zeros((1, 48, 48, 3), np.float32))
 
 
+def test_flatten_head_pools_large_maps_to_a_cifar_sized_grid():
+    """CIFAR's 32 px keeps the lab's network (and its parameter counts); a 170x256 photo's 42x64 map is
+    pooled 5x5 to 8x12, so the dense layer takes 3,072 inputs instead of 86,016."""
+    cifar = build_cnn(device="cpu")
+    assert "average_pooling2d" not in dict(cifar.network.named_children())
+    photo = build_cnn(input_shape=(170, 256, 3), num_classes=2, device="cpu")
+    assert photo.network.average_pooling2d.kernel_size == 5
+    assert photo.network.dense_logits.in_features == 32 * 8 * 12
+    plain = build_cnn(input_shape=(170, 256, 3), num_classes=2, flatten_side=None, device="cpu")
+    assert plain.network.dense_logits.in_features == 32 * 42 * 64
+    assert CNNConfig.from_dict({"input_shape": [170, 256, 3]}).flatten_side is None  # files written before it
+
+
 def test_save_and_load_model_roundtrip(tmp_path):
     model = build_cnn(n_dense_layers=1, n_nodes=20, device="cpu", seed=4)
     x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
