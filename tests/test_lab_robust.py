@@ -6,25 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from test_lab import _one_torch_thread, _private_cache  # noqa: F401 - the lab tests' autouse fixtures
 
 from cnnlab.cli import main
-from cnnlab.core.runtime import configure_threads
 from cnnlab.data.split import LabData
 from cnnlab.lab import p5_generalization
 from cnnlab.lab.context import LabContext, downscaled_for_lab
 from cnnlab.lab.report import ReportInfo, render_markdown
 from cnnlab.lab.runner import run_parts
 from cnnlab.lab.store import Section
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    configure_threads()
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
 
 
 def photo_like_data(height: int, width: int, n_train: int = 96, n_eval: int = 32, classes: int = 3) -> LabData:

@@ -25,6 +25,7 @@ from cnnlab.core.errors import ConfigError, DataError
 from cnnlab.models.registry import ModelConfig, register_model
 from cnnlab.models.resnet50 import CAFFE_MEAN_BGR, ResNet50
 from cnnlab.models.resnet50_weights import NPM_PACKAGE, load_resnet50, resolve_weights_path
+from cnnlab.models.transfer_head import seeded_head_init
 from cnnlab.train.inputs import nchw, scale_batch
 from cnnlab.train.model import Model, check_compile_settings
 
@@ -282,10 +283,7 @@ def _create_resnet50(config: ResNet50Config, device="auto") -> Model:
     network = ResNet50Classifier(
         backbone, config.num_classes, config.input_shape[2], config.network_size, config.head_dropout
     )
-    generator = torch.Generator().manual_seed(config.seed or 0)
-    with torch.no_grad():  # seeded head, independent of the global random state
-        network.head.weight.normal_(0, 0.01, generator=generator)
-        network.head.bias.zero_()
+    seeded_head_init(network.head, config.seed)
     network.freeze_before(config.train_from)
     return ResNet50Model(
         network,

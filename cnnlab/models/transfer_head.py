@@ -55,13 +55,19 @@ class TransferHead(nn.Module):
         return self.linear(self.standardize(self.flatten(x)))
 
 
+def seeded_head_init(layer: nn.Linear, seed: int | None) -> None:
+    """A new classifier head's start: N(0, 0.01) weights from its own seeded generator (independent of the
+    global random state, so the same seed gives the same head whatever ran before) and zero biases."""
+    generator = torch.Generator().manual_seed(seed or 0)
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.01, generator=generator)
+        layer.bias.zero_()
+
+
 @register_model("transfer_head")
 def _create_transfer_head(config: TransferHeadConfig, device="auto") -> Model:
-    generator = torch.Generator().manual_seed(config.seed or 0)
     head = TransferHead(config.input_shape[2], config.num_classes)
-    with torch.no_grad():  # seeded init, independent of the global RNG
-        head.linear.weight.normal_(0, 0.01, generator=generator)
-        head.linear.bias.zero_()
+    seeded_head_init(head.linear, config.seed)
     preprocessing = Preprocessing(scale="caffe", resize="stretch", features="resnet50", image_size=128)
     return Model(
         head,
