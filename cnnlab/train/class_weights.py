@@ -15,21 +15,22 @@ import numpy as np
 import torch
 
 from cnnlab.core.errors import ConfigError
+from cnnlab.data.arrays import class_counts
 
 BALANCED = "balanced"
 UNBALANCED_RATIO = 3.0  # largest class / smallest class above which training deserves a note
 
 
-def class_counts(labels, num_classes: int) -> np.ndarray:
-    """Images per class, for integer labels 0..num_classes-1 (a tensor or an array)."""
+def _counts(labels, num_classes: int) -> np.ndarray:
+    """Images per class of integer labels 0..num_classes-1, a tensor (fit's) or an array."""
     values = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    return np.bincount(values.astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
+    return np.array(class_counts(values.astype(np.int64), num_classes))
 
 
 def balanced_weights(labels, num_classes: int) -> np.ndarray:
     """n / (k * count) per class, k the classes present (scikit-learn's "balanced"); an absent class gets
     1.0, which never weighs anything since no image of it is trained on."""
-    counts = class_counts(labels, num_classes)
+    counts = _counts(labels, num_classes)
     present = counts > 0
     weights = np.ones(num_classes)
     weights[present] = counts.sum() / (present.sum() * counts[present])
@@ -70,7 +71,7 @@ def resolve_class_weight(class_weight, labels, num_classes: int) -> np.ndarray |
 def imbalance(labels, class_names) -> tuple[float, tuple[str, int], tuple[str, int]] | None:
     """(largest count / smallest count, (largest class, count), (smallest class, count)) among the classes
     that have images; None for fewer than two such classes."""
-    counts = class_counts(labels, len(class_names))
+    counts = _counts(labels, len(class_names))
     present = np.flatnonzero(counts)
     if len(present) < 2:
         return None
