@@ -184,6 +184,18 @@ def test_default_model_follows_the_data(monkeypatch, tmp_path):
     assert kind == "cnn" and why.startswith("--n-filters given")  # the flags say which network is meant
 
 
+def test_resnet50_defaults_follow_the_image_size():
+    """CIFAR-sized images get the lab protocol's measured budget; photos the longer fine-tune; flags win."""
+    from cnnlab.cli._models import resnet50_settings
+    from cnnlab.experiments.fine_tune import BUDGETS
+
+    args, settings = argparse.Namespace(freeze_epochs=None), {"seed": 0, "epochs": 20, "batch_size": 20}
+    small = resnet50_settings(args, settings, set(), small_images=True)
+    assert (small["epochs"], small["train_from"]) == (BUDGETS["full"].epochs, "conv3")
+    assert (resnet50_settings(args, settings, set())["epochs"], small["learning_rate"]) == (6, None)
+    assert resnet50_settings(args, {**settings, "epochs": 3}, {"epochs"}, small_images=True)["epochs"] == 3
+
+
 def test_cli_refuses_bad_resnet50_settings(tmp_path, capsys):
     assert main(["train", "--model", "resnet50", "--epochs", "2", "--freeze-epochs", "3", "--out", str(tmp_path)]) == 2
     assert "--freeze-epochs 3 with --epochs 2" in capsys.readouterr().err

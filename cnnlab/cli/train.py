@@ -14,6 +14,7 @@ from cnnlab.cli._class_weight import add_class_weight_option, class_weight_from_
 from cnnlab.cli._data import add_data_options, lab_data_from_args
 from cnnlab.cli._models import (
     DEFAULT_RECIPE,
+    SMALL_IMAGE,
     add_model_options,
     lab_cnn_settings,
     pick_model,
@@ -219,7 +220,7 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     data = _load_data(args, settings)
     kind, why = pick_model(args, data, cnn_flags=lab_cnn_settings(given))
     if kind == "resnet50":
-        settings = resnet50_settings(args, settings, given)
+        settings = resnet50_settings(args, settings, given, small_images=max(data.input_shape[:2]) <= SMALL_IMAGE)
     print(f"Model: {kind} ({why})")
     print(f"Data: {data.summary()}")
     print(f"Classes: {', '.join(data.class_names)}")
