@@ -410,3 +410,15 @@ def test_a_corrupt_latest_checkpoint_never_replaces_the_good_previous_one(tmp_pa
     assert read_checkpoint(tmp_path, "cpu")["epochs_done"] == 2
     _truncate(tmp_path / CHECKPOINT)
     assert read_checkpoint(tmp_path, "cpu")["epochs_done"] == 1, "the previous checkpoint is still epoch 1's"
+
+
+def test_a_last_batch_of_one_image_joins_the_batch_before():
+    """PyTorch's BatchNorm1d refuses one image while training; 21 images in batches of 10 train in 2 steps."""
+    from cnnlab.train.callbacks import steps_per_epoch
+
+    assert [steps_per_epoch(n, 10) for n in (1, 10, 11, 20, 21, 22)] == [1, 1, 1, 2, 2, 3]
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (21, 16, 16, 3), dtype=np.uint8), np.arange(21) % 2
+    model = build_cnn(input_shape=(16, 16, 3), n_dense_layers=1, num_classes=2, device="cpu")
+    history = model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

@@ -26,6 +26,14 @@ from cnnlab.train.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, read_checkp
 _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end")
 
 
+def steps_per_epoch(samples: int, batch_size: int) -> int:
+    """Training steps in one epoch. A last batch of a single image joins the batch before it: PyTorch's
+    BatchNorm cannot normalise one image's dense features while training (Keras can), so 225 photos in
+    batches of 32 would stop the lab CNN's dense BatchNorm at the end of the first epoch."""
+    steps = math.ceil(samples / batch_size)
+    return steps - 1 if steps > 1 and samples % batch_size == 1 else steps
+
+
 class Callback:
     """Hooks into ``fit``, named as in Keras. Before training starts, fit sets ``self.model``,
     ``self.params`` (batch_size, epochs, samples, seed) and ``self.run_dir`` (None without a run folder).
@@ -161,7 +169,7 @@ class ProgbarLogger(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
         self.seen, self.loss_sum, self.correct = 0, 0.0, 0
-        self.steps = math.ceil(self.params["samples"] / self.params["batch_size"])
+        self.steps = steps_per_epoch(self.params["samples"], self.params["batch_size"])
         self.bar = tqdm(
             total=self.steps,
             desc=f"Epoch {epoch + 1}/{self.params['epochs']}",

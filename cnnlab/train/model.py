@@ -12,7 +12,6 @@ slices of it, in NHWC memory, which PyTorch sees as channels_last NCHW for free.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -38,6 +37,7 @@ from cnnlab.train.callbacks import (
     ProgbarLogger,
     RunFolder,
     TerminateOnNaN,
+    steps_per_epoch,
 )
 from cnnlab.train.checkpoint import CHECKPOINT
 from cnnlab.train.class_weights import resolve_class_weight
@@ -274,8 +274,9 @@ class Model:
         perm = torch.randperm(count, generator=self._order).to(self.device) if shuffle else None
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for step in range(math.ceil(count / batch_size)):
-            window = slice(step * batch_size, (step + 1) * batch_size)
+        steps = steps_per_epoch(count, batch_size)
+        for step in range(steps):
+            window = slice(step * batch_size, count if step == steps - 1 else (step + 1) * batch_size)
             index = perm[window] if shuffle else window
             batch_images = nchw(self.scaled(images[index]))  # NHWC memory = channels_last NCHW
             if augment is not None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-from cnnlab.train.callbacks import Callback
+from cnnlab.train.callbacks import Callback, steps_per_epoch
 
 
 def one_cycle(progress: float, warmup: float, start: float = 0.1) -> float:
@@ -24,7 +22,7 @@ class OneCycle(Callback):
         self.warmup, self.start = warmup, start
 
     def on_train_begin(self, logs=None):
-        self.steps_per_epoch = math.ceil(self.params["samples"] / self.params["batch_size"])
+        self.steps_per_epoch = steps_per_epoch(self.params["samples"], self.params["batch_size"])
         self.total = self.steps_per_epoch * self.params["epochs"]
 
     def on_epoch_begin(self, epoch, logs=None):
