@@ -6,14 +6,12 @@ images. ResNet50 tests need $CNNLAB_RESNET50_WEIGHTS (fail in CI, skip elsewhere
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import require_path
 from safetensors.torch import save_file
 from torch import nn
 
@@ -266,23 +264,14 @@ def test_explain_cli_bad_inputs_are_one_line_errors(run_folder, photos_dir, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- ResNet50
-@pytest.fixture(scope="module")
-def resnet_weights() -> Path:
-    value = os.environ.get("CNNLAB_RESNET50_WEIGHTS")
-    path = Path(value) if value else Path("<CNNLAB_RESNET50_WEIGHTS not set>")
-    return require_path(
-        path, "the ResNet50 weights (export CNNLAB_RESNET50_WEIGHTS=$(scripts/fetch_resnet_weights.sh))"
-    )
-
-
-def test_explain_cli_on_resnet50_maps_the_cat(resnet_weights, session_cache, photos_dir, tmp_path, capsys):
+def test_explain_cli_on_resnet50_maps_the_cat(weights_path, session_cache, photos_dir, tmp_path, capsys):
     code = main(
         [
             "explain",
             "resnet50",
             str(photos_dir / "chelsea.png"),
             "--weights",
-            str(resnet_weights),
+            str(weights_path),
             "--out",
             str(tmp_path),
         ]
@@ -293,9 +282,9 @@ def test_explain_cli_on_resnet50_maps_the_cat(resnet_weights, session_cache, pho
     assert (tmp_path / "gradcam.png").stat().st_size > 20_000
 
 
-def test_classify_explain_writes_a_grad_cam_per_photo(resnet_weights, session_cache, photos_dir, tmp_path, capsys):
+def test_classify_explain_writes_a_grad_cam_per_photo(weights_path, session_cache, photos_dir, tmp_path, capsys):
     photos = [photos_dir / "chelsea.png", photos_dir / "coffee.png"]
-    arguments = ["classify", *map(str, photos), "--weights", str(resnet_weights), "--out", str(tmp_path), "--explain"]
+    arguments = ["classify", *map(str, photos), "--weights", str(weights_path), "--out", str(tmp_path), "--explain"]
     assert main(arguments) == 0
     out = capsys.readouterr().out
     for name in ("chelsea_png", "coffee_png"):
