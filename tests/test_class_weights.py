@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_training import KillAtEpoch
 
 from cnnlab.cli import main
 from cnnlab.core.errors import ConfigError
 from cnnlab.models.cnn import build_cnn
-from cnnlab.train.callbacks import Callback
 from cnnlab.train.class_weights import balanced_weights, imbalance, resolve_class_weight
 
 
@@ -112,12 +112,6 @@ def test_a_class_of_weight_zero_does_not_train():
     assert all(torch.equal(a, b) for a, b in zip(before, model.network.parameters(), strict=True))
 
 
-class _Stop(Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-
 def test_a_resumed_weighted_run_equals_an_uninterrupted_one_and_other_weights_are_refused(tmp_path):
     x, y = _unbalanced()
 
@@ -129,7 +123,7 @@ def test_a_resumed_weighted_run_equals_an_uninterrupted_one_and_other_weights_ar
 
     straight, straight_history = fit(tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        fit(tmp_path / "killed", callbacks=[_Stop()])
+        fit(tmp_path / "killed", callbacks=[KillAtEpoch(1)])
     resumed, resumed_history = fit(tmp_path / "killed", resume=True)
     assert resumed_history.history == straight_history.history
     for key, value in straight.network.state_dict().items():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_training import KillAtEpoch
 
 from cnnlab.cli import main
 from cnnlab.core.errors import ConfigError, DataError
@@ -23,7 +24,6 @@ from cnnlab.experiments.fine_tune import fine_tune
 from cnnlab.experiments.transfer import transfer_learning
 from cnnlab.models.registry import create_model, load_model
 from cnnlab.models.resnet50_classifier import STAGES, ResNet50Config
-from cnnlab.train.callbacks import Callback
 
 
 def _random(**changes):
@@ -69,19 +69,13 @@ def test_head_phase_trains_only_the_head():
     assert not torch.equal(model.network.head.weight, head)
 
 
-class _Crash(Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-
 def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tmp_path):
     x, y = _toy()
     settings = {"epochs": 3, "freeze_epochs": 1, "batch_size": 6, "verbose": 0, "validation_data": (x, y)}
     straight = _random()
     fine_tune(straight, x, y, **settings)
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(_random(), x, y, run_dir=tmp_path, callbacks=[_Crash()], **settings)
+        fine_tune(_random(), x, y, run_dir=tmp_path, callbacks=[KillAtEpoch(1)], **settings)
     resumed = _random()
     history = fine_tune(resumed, x, y, run_dir=tmp_path, resume=True, **settings)
     assert history.epoch == [0, 1]

@@ -106,8 +106,9 @@ def test_run_folder_contents(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp files left behind"
 
 
-class _Crash(Callback):
-    """Simulate a kill after a given epoch (the checkpoint of that epoch is already on disk)."""
+class KillAtEpoch(Callback):
+    """Simulate a kill as epoch ``after_epoch`` begins (the checkpoints of the epochs before it are on disk).
+    Shared by the resume tests of other modules."""
 
     def __init__(self, after_epoch):
         self.after_epoch = after_epoch
@@ -122,7 +123,14 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     straight = build_cnn(device="cpu").fit(x, y, batch_size=16, epochs=3, verbose=0, validation_data=(x, y))
     with pytest.raises(KeyboardInterrupt):
         build_cnn(device="cpu").fit(
-            x, y, batch_size=16, epochs=3, verbose=0, validation_data=(x, y), run_dir=tmp_path, callbacks=[_Crash(2)]
+            x,
+            y,
+            batch_size=16,
+            epochs=3,
+            verbose=0,
+            validation_data=(x, y),
+            run_dir=tmp_path,
+            callbacks=[KillAtEpoch(2)],
         )
     resumed = build_cnn(device="cpu").fit(
         x, y, batch_size=16, epochs=3, verbose=0, validation_data=(x, y), run_dir=tmp_path, resume=True
@@ -233,17 +241,6 @@ def test_uint8_images_train_and_predict_as_the_scaled_floats():
     assert np.array_equal(runs[0][1], runs[1][1]) and runs[0][2] == runs[1][2]
 
 
-class _StopAfter(Callback):
-    """Simulate a kill once ``epochs`` epochs are checkpointed (raised as the next epoch begins)."""
-
-    def __init__(self, epochs):
-        self.epochs = epochs
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epochs:
-            raise KeyboardInterrupt
-
-
 def _augmented_run(run_dir, augment_kind, extra=(), epochs=4, resume=False):
     """A run with augmentation, a one-cycle schedule, an EMA and early stopping: every kind of state."""
     x, y = _toy(48)
@@ -265,7 +262,7 @@ def _augmented_run(run_dir, augment_kind, extra=(), epochs=4, resume=False):
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, augment_kind):
     straight, straight_history = _augmented_run(tmp_path / "straight", augment_kind)
     with pytest.raises(KeyboardInterrupt):
-        _augmented_run(tmp_path / "killed", augment_kind, extra=[_StopAfter(2)])
+        _augmented_run(tmp_path / "killed", augment_kind, extra=[KillAtEpoch(2)])
     assert not (tmp_path / "killed" / "weights.safetensors").exists(), "an interrupted run writes no final weights"
     resumed, resumed_history = _augmented_run(tmp_path / "killed", augment_kind, resume=True)
     assert resumed_history.epoch == [0, 1, 2, 3]
