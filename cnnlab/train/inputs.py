@@ -89,3 +89,24 @@ def scale_batch(images: torch.Tensor) -> torch.Tensor:
 def nchw(images: torch.Tensor) -> torch.Tensor:
     """The NCHW view the network takes of NHWC memory (channels_last, no copy)."""
     return images.permute(0, 3, 1, 2)
+
+
+def class_labels(y, n: int, classes: int, name: str = "y") -> torch.Tensor:
+    """Integer labels (N,), (N, 1) or one-hot (N, C) of ``classes`` classes -> int64 tensor, checked."""
+    labels = as_tensor(y)
+    if labels.ndim == 2 and labels.shape[1] == classes:
+        labels = labels.argmax(1)
+    elif labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != n:
+        raise DataError(
+            f"{name} must hold one label per image ({n}), as integers or one-hot; got {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise DataError(f"{name} holds non-integer values; give class indices 0..{classes - 1} or one-hot rows")
+    labels = labels.long()
+    if n and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(
+            f"{name} has labels outside 0..{classes - 1} (min {int(labels.min())}, max {int(labels.max())})"
+        )
+    return labels

@@ -37,11 +37,11 @@ from cnnlab.train.callbacks import (
     ProgbarLogger,
     RunFolder,
     TerminateOnNaN,
-    steps_per_epoch,
 )
 from cnnlab.train.checkpoint import CHECKPOINT
 from cnnlab.train.class_weights import resolve_class_weight
-from cnnlab.train.inputs import SYMMETRIC, Preprocessing, as_tensor, device_images, nchw, scale_batch
+from cnnlab.train.feed import ALONE, Feed, TensorFeed, is_feed
+from cnnlab.train.inputs import SYMMETRIC, Preprocessing, class_labels, device_images, nchw, scale_batch
 from cnnlab.train.optim import MuonSGD
 from cnnlab.train.summary import count_params, format_summary
 
@@ -119,6 +119,8 @@ class Model:
         self._order = torch.Generator()  # the shuffling order of fit, part of its checkpoints
         self._initial_epoch = 0
         self._class_weights: torch.Tensor | None = None  # fit's class_weight, one per class, training loss only
+        self._seed = 0  # fit's seed: feeds that shuffle themselves derive each epoch's order from it
+        self.shard = ALONE  # this process's share of each batch in a distributed run
         # Keras' l2 regularizer penalises kernels only, not biases or BatchNorm.
         self._kernels = [m.weight for m in self.network.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
@@ -184,43 +186,39 @@ class Model:
 
     def _labels(self, y, n: int, name: str = "y") -> torch.Tensor:
         """Integer labels (N,), (N, 1) or one-hot (N, C) -> int64 tensor on the device."""
-        labels = as_tensor(y)
-        classes = self.num_classes
-        if labels.ndim == 2 and labels.shape[1] == classes:
-            labels = labels.argmax(1)
-        elif labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 1 or len(labels) != n:
-            raise DataError(
-                f"{name} must hold one label per image ({n}), as integers or one-hot; got {tuple(labels.shape)}"
-            )
-        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
-            raise DataError(f"{name} holds non-integer values; give class indices 0..{classes - 1} or one-hot rows")
-        labels = labels.long()
-        if n and (labels.min() < 0 or labels.max() >= classes):
-            raise DataError(
-                f"{name} has labels outside 0..{classes - 1} (min {int(labels.min())}, max {int(labels.max())})"
-            )
-        return labels.to(self.device)
+        return class_labels(y, n, self.num_classes, name).to(self.device)
 
-    def _fit_data(self, x, y, validation_data, validation_split: float):
-        """Training and validation tensors on the device, split as Keras splits (the last part)."""
+    def _fit_data(self, x, y, validation_data, validation_split: float) -> tuple[Feed, Feed | None]:
+        """The training and validation feeds: arrays go onto the device, split as Keras splits (the last part);
+        a streamed split is taken as it is (its data set made the validation split up front)."""
+        if is_feed(x):
+            if y is not None or validation_split:
+                raise ConfigError("a streamed data set holds its labels and split: give fit(data.train, None, "
+                                  "validation_data=data.validation) without y or validation_split")  # fmt: skip
+            return x, self._feed(validation_data, "validation x") if validation_data is not None else None
         images = self._images(x)
         labels = self._labels(y, len(images))
-        val_images = val_labels = None
+        val_feed = None
         if validation_data is not None:
             if validation_split:
                 raise ConfigError("give validation_data or validation_split, not both")
-            val_images = self._images(validation_data[0], "validation x")
-            val_labels = self._labels(validation_data[1], len(val_images), "validation y")
+            val_feed = self._feed(validation_data, "validation x")
         elif validation_split:
             if not 0 < validation_split < 1:
                 raise ConfigError(f"validation_split must be in (0, 1), got {validation_split}")
             cut = len(images) - int(round(len(images) * validation_split))
-            images, val_images, labels, val_labels = images[:cut], images[cut:], labels[:cut], labels[cut:]
+            images, labels, val_feed = images[:cut], labels[:cut], TensorFeed(images[cut:], labels[cut:])
         if len(images) == 0:
             raise DataError("no training images")
-        return images, labels, val_images, val_labels
+        return TensorFeed(images, labels), val_feed
+
+    def _feed(self, data, name: str = "x") -> Feed:
+        """A feed of ``data``: a feed as it is, or an (x, y) pair of arrays moved onto the device."""
+        if is_feed(data):
+            return data
+        x, y = data
+        images = self._images(x, name)
+        return TensorFeed(images, self._labels(y, len(images), name.replace("x", "y")))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None):
         """Cross-entropy (+ the l2 penalty). With ``class_weights`` each image's loss is multiplied by its
@@ -256,40 +254,56 @@ class Model:
         self.network.eval()
         outputs = []
         for start in range(0, len(images), batch_size):
-            batch = nchw(self.scaled(images[start : start + batch_size]))
-            with self._autocast():
-                outputs.append(self.network(batch).float())
+            outputs.append(self._batch_logits(images[start : start + batch_size]))
         return torch.cat(outputs) if outputs else torch.empty(0, self.num_classes, device=self.device)
 
-    def _evaluate_tensors(self, images, labels, batch_size: int) -> dict[str, float]:
-        logits = self._logits(images, batch_size)
-        loss = self._loss(logits, labels).item() if len(labels) else float("nan")
-        return {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean().item()}
+    def _batch_logits(self, images: torch.Tensor) -> torch.Tensor:
+        batch = nchw(self.scaled(images.to(self.device, non_blocking=True)))
+        with self._autocast():
+            return self.network(batch).float()
 
-    def _train_epoch(self, images, labels, batch_size: int, shuffle: bool, augment, callbacks: CallbackList):
-        """One pass over the training tensors; the loss and hit counts are summed on the device and
-        read once at the end, so no step waits for the device."""
+    @torch.no_grad()
+    def _evaluate_feed(self, feed: Feed, batch_size: int) -> dict[str, float]:
+        """Loss and accuracy over a feed, summed batch by batch (this process's shard, then over all ranks)."""
+        self.network.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, hits, images
+        for images, labels in feed.batches(batch_size, shard=self.shard):
+            logits, labels = self._batch_logits(images), labels.to(self.device, non_blocking=True)
+            each = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="sum")
+            totals += torch.stack([each.double(), (logits.argmax(1) == labels).sum().double(), labels.new_tensor(
+                len(labels), dtype=torch.float64)])  # fmt: skip
+        loss_sum, hits, count = self._sum_over_ranks(totals).tolist()
+        if not count:
+            return {"loss": float("nan"), "accuracy": float("nan")}
+        penalty = self.l2 * sum(w.pow(2).sum() for w in self._kernels).item() if self.l2 else 0.0
+        return {"loss": loss_sum / count + penalty, "accuracy": hits / count}
+
+    def _sum_over_ranks(self, totals: torch.Tensor) -> torch.Tensor:
+        """Sums over the processes of a distributed run (one process: the totals as they are)."""
+        return totals
+
+    def _train_epoch(self, feed: Feed, batch_size: int, shuffle: bool, augment, callbacks: CallbackList, epoch: int):
+        """One pass over the training feed; the loss and hit counts are summed on the device and read once at
+        the end, so no step waits for the device."""
         self.network.train()
-        count = len(images)
-        perm = torch.randperm(count, generator=self._order).to(self.device) if shuffle else None
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        steps = steps_per_epoch(count, batch_size)
-        for step in range(steps):
-            window = slice(step * batch_size, count if step == steps - 1 else (step + 1) * batch_size)
-            index = perm[window] if shuffle else window
-            batch_images = nchw(self.scaled(images[index]))  # NHWC memory = channels_last NCHW
+        order = None
+        if shuffle and not feed.shuffles_itself:
+            order = torch.randperm(feed.samples, generator=self._order)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, hits, images
+        batches = feed.batches(batch_size, order, epoch=epoch, seed=self._seed, shard=self.shard)
+        for step, (images, labels) in enumerate(batches):
+            batch_images = nchw(self.scaled(images.to(self.device, non_blocking=True)))  # channels_last NCHW
             if augment is not None:
                 batch_images = augment(batch_images)
-            batch_labels = labels[index]
+            batch_labels = labels.to(self.device, non_blocking=True)
             logs = {"size": len(batch_labels)}
             callbacks.on_train_batch_begin(step, logs)
             loss, hits = self._train_step(batch_images, batch_labels)
-            loss_sum += loss * logs["size"]
-            correct += hits
+            totals += torch.stack([loss.double() * logs["size"], hits.double(), totals.new_tensor(logs["size"])])
             logs["loss"], logs["correct"] = loss, hits
             callbacks.on_train_batch_end(step, logs)
-        return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
+        loss_sum, hits, count = self._sum_over_ranks(totals).tolist()
+        return {"loss": loss_sum / count, "accuracy": hits / count}
 
     def fit(
         self,
@@ -320,13 +334,13 @@ class Model:
         """
         if batch_size < 1 or epochs < 0:
             raise ConfigError(f"need batch_size >= 1 and epochs >= 0, got {batch_size} and {epochs}")
-        images, labels, val_images, val_labels = self._fit_data(x, y, validation_data, validation_split)
-        weights = resolve_class_weight(class_weight, labels, self.num_classes)
+        feed, val_feed = self._fit_data(x, y, validation_data, validation_split)
+        weights = resolve_class_weight(class_weight, _labels_of(feed), self.num_classes)
         self._class_weights = None if weights is None else torch.tensor(weights, device=self.device).float()
         seed = int(getattr(self.config, "seed", None) or 0) if seed is None else seed
         torch.manual_seed(seed)
-        self._order, self._initial_epoch = torch.Generator().manual_seed(seed), 0
-        params = {"batch_size": batch_size, "epochs": epochs, "samples": len(images), "seed": seed}
+        self._order, self._initial_epoch, self._seed = torch.Generator().manual_seed(seed), 0, seed
+        params = {"batch_size": batch_size, "epochs": epochs, "samples": feed.samples, "seed": seed}
         if weights is not None:
             params["class_weight"] = [float(w) for w in weights]
         run = Path(run_dir) if run_dir else None
@@ -340,9 +354,9 @@ class Model:
             callback_list.on_train_begin()
             for epoch in range(self._initial_epoch, epochs):
                 callback_list.on_epoch_begin(epoch)
-                logs = self._train_epoch(images, labels, batch_size, shuffle, augment, callback_list)
-                if val_images is not None:
-                    val = self._evaluate_tensors(val_images, val_labels, eval_batch)
+                logs = self._train_epoch(feed, batch_size, shuffle, augment, callback_list, epoch)
+                if val_feed is not None:
+                    val = self._evaluate_feed(val_feed, eval_batch)
                     logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                 callback_list.on_epoch_end(epoch, logs)
                 if self.stop_training:
@@ -367,16 +381,20 @@ class Model:
             writer.callbacks = callback_list
         return callback_list
 
-    def evaluate(self, x, y, batch_size: int = 512, verbose: int = 0) -> list[float]:
-        """[loss, accuracy] on the given data, in inference mode (dropout off, BatchNorm frozen)."""
-        images = self._images(x)
-        result = self._evaluate_tensors(images, self._labels(y, len(images)), batch_size)
+    def evaluate(self, x, y=None, batch_size: int = 512, verbose: int = 0) -> list[float]:
+        """[loss, accuracy] on arrays or a feed, in inference mode (dropout off, BatchNorm frozen)."""
+        result = self._evaluate_feed(self._feed(x if is_feed(x) else (x, y)), batch_size)
         if verbose:
             print(f"loss: {result['loss']:.4f} - accuracy: {result['accuracy']:.4f}")
         return [result["loss"], result["accuracy"]]
 
     def predict(self, x, batch_size: int = 512) -> np.ndarray:
-        """Class probabilities (softmax of the logits), shape (N, num_classes)."""
+        """Class probabilities (softmax of the logits), shape (N, num_classes), of arrays or a feed (in its order)."""
+        if is_feed(x):
+            with torch.no_grad():
+                self.network.eval()
+                chunks = [torch.softmax(self._batch_logits(images), 1).cpu() for images, _ in x.batches(batch_size)]
+            return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.num_classes), np.float32)
         return torch.softmax(self._logits(self._images(x), batch_size), 1).cpu().numpy()
 
     def summary(self, print_fn: Callable[[str], None] | None = print) -> str:
@@ -460,3 +478,9 @@ class Model:
 
 def _rounded(weights: list[float] | None) -> str:
     return "none" if weights is None else "[" + ", ".join(f"{w:.3g}" for w in weights) + "]"
+
+
+def _labels_of(feed: Feed) -> torch.Tensor | None:
+    """The training labels that "balanced" class weights count: a feed's ``labels`` when it knows them."""
+    labels = getattr(feed, "labels", None)
+    return None if labels is None else torch.as_tensor(labels)
