@@ -411,7 +411,7 @@ def test_a_corrupt_latest_checkpoint_never_replaces_the_good_previous_one(tmp_pa
 
 def test_a_last_batch_of_one_image_joins_the_batch_before():
     """PyTorch's BatchNorm1d refuses one image while training; 21 images in batches of 10 train in 2 steps."""
-    from cnnlab.train.callbacks import steps_per_epoch
+    from cnnlab.data.batches import steps_per_epoch
 
     assert [steps_per_epoch(n, 10) for n in (1, 10, 11, 20, 21, 22)] == [1, 1, 1, 2, 2, 3]
     rng = np.random.default_rng(0)

@@ -21,17 +21,10 @@ from tqdm.auto import tqdm
 
 from cnnlab.core.errors import ConfigError, TrainingDiverged
 from cnnlab.core.files import write_csv, write_json
+from cnnlab.data.batches import steps_per_epoch
 from cnnlab.train.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, read_checkpoint, write_checkpoint
 
 _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end")
-
-
-def steps_per_epoch(samples: int, batch_size: int) -> int:
-    """Training steps in one epoch. A last batch of a single image joins the batch before it: PyTorch's
-    BatchNorm cannot normalise one image's dense features while training (Keras can), so 225 photos in
-    batches of 32 would stop the lab CNN's dense BatchNorm at the end of the first epoch."""
-    steps = math.ceil(samples / batch_size)
-    return steps - 1 if steps > 1 and samples % batch_size == 1 else steps
 
 
 class Callback:

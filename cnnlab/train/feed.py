@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from cnnlab.train.callbacks import steps_per_epoch
+from cnnlab.data.batches import batch_windows
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,10 @@ class TensorFeed:
         self.images, self.labels, self.samples = images, labels, len(images)
 
     def batches(self, batch_size, order=None, *, epoch=0, seed=0, shard=ALONE):
-        count = self.samples
-        steps = steps_per_epoch(count, batch_size)
         if order is not None:
             order = order.to(self.images.device)
         elif shard.world > 1:
-            order = torch.arange(count, device=self.images.device)
-        for step in range(steps):
-            window = slice(step * batch_size, count if step == steps - 1 else (step + 1) * batch_size)
+            order = torch.arange(self.samples, device=self.images.device)
+        for window in batch_windows(self.samples, batch_size):
             index = window if order is None else shard.take(order[window])
             yield self.images[index], self.labels[index]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cnnlab.train.callbacks import Callback, steps_per_epoch
+from cnnlab.data.batches import steps_per_epoch
+from cnnlab.train.callbacks import Callback
 
 
 def one_cycle(progress: float, warmup: float, start: float = 0.1) -> float:
