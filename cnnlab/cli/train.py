@@ -114,6 +114,11 @@ def register(subparsers) -> None:
     add_model_options(parser)
     add_class_weight_option(parser)
     add_carbon_options(parser, tracking_default=False)
+    parser.add_argument(
+        "--tensorboard", action="store_true",
+        help="write TensorBoard curves to <run folder>/tensorboard: loss, accuracy, val_* and the learning rate "
+        "per epoch, 16 training images, the carbon figures at the end (pip install 'cnnlab[tensorboard]')",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -209,8 +214,10 @@ def _load_data(args: argparse.Namespace, settings: dict):
 def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     from cnnlab.models.cnn import build_cnn
     from cnnlab.train.callbacks import EarlyStopping
+    from cnnlab.train.tensorboard import TensorBoard
 
-    carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
+    callbacks = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
+    tensorboard = TensorBoard(out / "tensorboard") if args.tensorboard else None  # so does a missing package
     if args.recipe and args.model not in (None, "recipe"):
         raise ConfigError(f"--recipe {args.recipe} trains the recipe's network; drop --model {args.model}")
     recipe = _recipe(args, settings, args.recipe) if args.recipe else None
@@ -218,6 +225,10 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     if args.model == "resnet50":  # refuse the lab CNN's flags before any data is loaded
         resnet50_settings(args, settings, given)
     data = _load_data(args, settings)
+    if tensorboard:
+        tensorboard.sample_images = data.x_train[:16]
+        callbacks.append(tensorboard)
+        print(f"TensorBoard: {tensorboard.log_dir} (tensorboard --logdir {tensorboard.log_dir})")
     kind, why = pick_model(args, data, cnn_flags=lab_cnn_settings(given))
     if kind == "resnet50":
         settings = resnet50_settings(args, settings, given, small_images=max(data.input_shape[:2]) <= SMALL_IMAGE)
@@ -229,9 +240,9 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     class_weight = class_weight_from_args(args, data)
     if kind == "recipe":
         recipe = recipe or _recipe(args, settings, DEFAULT_RECIPE)
-        return _run_recipe(args, recipe, settings, data, out, carbon, class_weight)
+        return _run_recipe(args, recipe, settings, data, out, callbacks, class_weight)
     if kind == "resnet50":
-        return _run_resnet50(args, settings, data, out, carbon, class_weight)
+        return _run_resnet50(args, settings, data, out, callbacks, class_weight)
     build_args = {k: settings[k] for k in build_keys()}
     model = build_cnn(input_shape=data.input_shape, class_names=data.class_names, device=args.device, **build_args)
     model.summary()
@@ -240,7 +251,7 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
         from cnnlab.data.augment import parse_augment_spec
 
         augment = parse_augment_spec(settings["augment"], seed=settings["seed"])
-    callbacks = carbon + ([EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else [])
+    callbacks += [EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else []
     history = model.fit(
         data.x_train,
         data.y_train,
