@@ -33,7 +33,9 @@ def report_test_results(out: Path, data, history, test: Evaluation, extra=None) 
     }
     write_json(metrics_path, metrics)
     plot_results(history, out / "results.png", title=f"test accuracy {test_accuracy:.4f}")
-    sample_grid(data.x_train, data.y_train, path=out / "samples.png", class_names=data.class_names)
+    streamed = getattr(data, "streamed", False)  # its training split is shuffled already: show the first images
+    shown = data.train.load(range(min(18, data.train.samples))) if streamed else (data.x_train, data.y_train)
+    sample_grid(*shown, path=out / "samples.png", class_names=data.class_names)
     matrix = test.confusion
     confusion_matrix_figure(
         matrix, data.class_names, out / "confusion_matrix.png", title=f"test set, accuracy {test_accuracy:.1%}"
