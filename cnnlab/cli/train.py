@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cnnlab.cli._carbon import add_carbon_options, carbon_callbacks
 from cnnlab.cli._class_weight import add_class_weight_option, class_weight_from_args
-from cnnlab.cli._data import add_data_options, lab_data_from_args
+from cnnlab.cli._data import add_data_options, first_training_images, lab_data_from_args, split_pairs
 from cnnlab.cli._models import (
     DEFAULT_RECIPE,
     SMALL_IMAGE,
@@ -101,7 +101,7 @@ def register(subparsers) -> None:
         "flags apply",
     )
     defaults = {**build_keys(), **FIT_KEYS, **DATA_KEYS}
-    add_data_options(parser)  # --data, --image-size, ...: shared with the other training commands
+    add_data_options(parser, stream=True)  # --data, --image-size, ...: shared with the other training commands
     for key, default in defaults.items():
         if key == "data":
             continue
@@ -226,10 +226,12 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
         resnet50_settings(args, settings, given)
     data = _load_data(args, settings)
     if tensorboard:
-        tensorboard.sample_images = data.x_train[:16]
+        tensorboard.sample_images = first_training_images(data, 16)[0]
         callbacks.append(tensorboard)
         print(f"TensorBoard: {tensorboard.log_dir} (tensorboard --logdir {tensorboard.log_dir})")
     kind, why = pick_model(args, data, cnn_flags=lab_cnn_settings(given))
+    if kind == "resnet50" and getattr(data, "streamed", False):
+        raise ConfigError("streamed data: --model resnet50 is not supported yet; use --model cnn or --recipe")
     if kind == "resnet50":
         settings = resnet50_settings(args, settings, given, small_images=max(data.input_shape[:2]) <= SMALL_IMAGE)
     print(f"Model: {kind} ({why})")
@@ -252,12 +254,12 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
 
         augment = parse_augment_spec(settings["augment"], seed=settings["seed"])
     callbacks += [EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else []
+    train, validation, test = split_pairs(data)
     history = model.fit(
-        data.x_train,
-        data.y_train,
+        *train,
         batch_size=settings["batch_size"],
         epochs=settings["epochs"],
-        validation_data=(data.x_val, data.y_val),
+        validation_data=validation,
         callbacks=callbacks,
         seed=settings["seed"],
         run_dir=out,
@@ -268,7 +270,7 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     )
     from cnnlab.evaluate.predict import evaluate_model
 
-    return report_test_results(out, data, history, evaluate_model(model, data.x_test, data.y_test))
+    return report_test_results(out, data, history, evaluate_model(model, *test))
 
 
 RECIPE_KEYS = {"seed", "epochs", "batch_size", *DATA_KEYS}
@@ -305,17 +307,18 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
     import torch
 
     from cnnlab.evaluate.predict import Evaluation
-    from cnnlab.evaluate.tta import evaluate_tta, tta_logits
+    from cnnlab.evaluate.tta import evaluate_tta, tta_outputs
     from cnnlab.experiments.recipes import build_model, fit_recipe
 
     seed = settings["seed"]
-    model = build_model(recipe, data.x_train, seed, args.device, class_names=data.class_names)
+    train, validation, test = split_pairs(data)
+    model = build_model(recipe, train[0], seed, args.device, class_names=data.class_names)
     model.summary()
     history = fit_recipe(model, data, recipe, seed, callbacks=callbacks, verbose=2 if args.quiet else 1, run_dir=out,
                          resume=args.resume, class_weight=class_weight)  # fmt: skip
-    val = evaluate_tta(model, data.x_val, data.y_val, recipe.tta)
-    probabilities = torch.softmax(tta_logits(model, data.x_test, recipe.tta), 1).cpu().numpy()
-    test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
+    val = evaluate_tta(model, *validation, recipe.tta)
+    logits, labels = tta_outputs(model, *test, recipe.tta)
+    test = Evaluation.from_probabilities(torch.softmax(logits, 1).cpu().numpy(), labels, data.class_names)
     print(f"Validation accuracy (TTA): {val['accuracy']:.4f}")
     extra = {"model": "recipe", "recipe": args.recipe or DEFAULT_RECIPE, "tta": recipe.tta}
     extra.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
