@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
+import os
 import shutil
 import time
 import tomllib
+from contextlib import ExitStack, redirect_stdout
 from pathlib import Path
 
 from cnnlab.cli._carbon import add_carbon_options, carbon_callbacks
@@ -21,8 +24,8 @@ from cnnlab.cli._models import (
     resnet50_settings,
     train_resnet50,
 )
-from cnnlab.cli._report import report_test_results
-from cnnlab.core.errors import ConfigError
+from cnnlab.cli._report import read_json, report_test_results
+from cnnlab.core.errors import CnnlabError, ConfigError
 from cnnlab.core.locks import LOCK_NAME, folder_lock
 
 DATA_KEYS = {"data": None, "n_train_val": 10_000, "n_test": 2_000, "val_fraction": 0.25, "split_seed": 0}
@@ -119,6 +122,7 @@ def register(subparsers) -> None:
         help="write TensorBoard curves to <run folder>/tensorboard: loss, accuracy, val_* and the learning rate "
         "per epoch, 16 training images, the carbon figures at the end (pip install 'cnnlab[tensorboard]')",
     )  # fmt: skip
+    _add_ray_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -139,14 +143,28 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, callbacks=()) -> int:
+    """Train as the flags say: in this process, as one of the processes torchrun started, or on Ray Train
+    workers (--workers). ``callbacks`` go to fit besides the command's own."""
+    from cnnlab.train.distributed import init_from_env, leave
+
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it: choose one")
     settings = resolve_settings(args)
+    if args.workers is not None:
+        return _run_on_ray(args, settings, list(callbacks))
+    if args.address or args.use_gpu or args.max_failures or args.ray_token_file:
+        raise ConfigError("--address, --use-gpu, --max-failures and --ray-token-file go with --workers N (Ray Train)")
+    device = init_from_env(args.device, args.threads)  # None unless torchrun started several processes
+    if device is not None:
+        try:
+            return _run_as_rank(argparse.Namespace(**{**vars(args), "device": device}), settings, callbacks)
+        finally:
+            leave()
     out = _run_folder(args)
     with folder_lock(out, what="run folder"):
         _guard_existing_run(out, args)
-        return _train(args, settings, out)
+        return _train(args, settings, out, callbacks)
 
 
 def _run_folder(args: argparse.Namespace) -> Path:
@@ -211,12 +229,13 @@ def _load_data(args: argparse.Namespace, settings: dict):
     )
 
 
-def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
+def _train(args: argparse.Namespace, settings: dict, out: Path, callbacks=()) -> int:
     from cnnlab.models.cnn import build_cnn
     from cnnlab.train.callbacks import EarlyStopping
+    from cnnlab.train.distributed import is_main_process
     from cnnlab.train.tensorboard import TensorBoard
 
-    callbacks = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
+    callbacks = [*carbon_callbacks(args), *callbacks]  # bad carbon settings fail here, before any data is loaded
     tensorboard = TensorBoard(out / "tensorboard") if args.tensorboard else None  # so does a missing package
     if args.recipe and args.model not in (None, "recipe"):
         raise ConfigError(f"--recipe {args.recipe} trains the recipe's network; drop --model {args.model}")
@@ -268,6 +287,8 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
         augment=augment,
         class_weight=class_weight,
     )
+    if not is_main_process():  # of several processes, rank 0 alone tests and reports
+        return 0
     from cnnlab.evaluate.predict import evaluate_model
 
     return report_test_results(out, data, history, evaluate_model(model, *test))
@@ -309,6 +330,7 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
     from cnnlab.evaluate.predict import Evaluation
     from cnnlab.evaluate.tta import evaluate_tta, tta_outputs
     from cnnlab.experiments.recipes import build_model, fit_recipe
+    from cnnlab.train.distributed import is_main_process
 
     seed = settings["seed"]
     train, validation, test = split_pairs(data)
@@ -316,6 +338,8 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
     model.summary()
     history = fit_recipe(model, data, recipe, seed, callbacks=callbacks, verbose=2 if args.quiet else 1, run_dir=out,
                          resume=args.resume, class_weight=class_weight)  # fmt: skip
+    if not is_main_process():
+        return 0
     val = evaluate_tta(model, *validation, recipe.tta)
     logits, labels = tta_outputs(model, *test, recipe.tta)
     test = Evaluation.from_probabilities(torch.softmax(logits, 1).cpu().numpy(), labels, data.class_names)
@@ -332,9 +356,120 @@ def _run_resnet50(args: argparse.Namespace, settings: dict, data, out: Path, cal
     from cnnlab.evaluate.predict import Evaluation
     from cnnlab.evaluate.tta import tta_logits
     from cnnlab.experiments.fine_tune import FLIP_TTA
+    from cnnlab.train.distributed import is_main_process
 
     model, history = train_resnet50(args, settings, data, out, callbacks, class_weight)
+    if not is_main_process():
+        return 0
     probabilities = torch.softmax(tta_logits(model, data.x_test, FLIP_TTA), 1).cpu().numpy()
     test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
     extra = {"model": "resnet50", "tta": FLIP_TTA, "freeze_epochs": settings["freeze_epochs"]}
     return report_test_results(out, data, history, test, extra)
+
+
+# ----------------------------------------------------------------- several processes: torchrun and Ray Train
+
+
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "several processes",
+        "torchrun --nproc_per_node=N -m cnnlab train --out DIR ... trains as N processes (gloo on CPUs, NCCL "
+        "with one GPU each); --workers N runs them as Ray Train workers instead. --batch-size is the global batch.",
+    )
+    group.add_argument(
+        "--workers", type=int, metavar="N", help="train on N Ray Train workers (pip install 'cnnlab[ray]')"
+    )
+    group.add_argument("--address", help="with --workers: the Ray cluster to join, HEAD:PORT of `ray start --head`")
+    group.add_argument("--use-gpu", action="store_true", help="with --workers: one GPU per worker (NCCL)")
+    group.add_argument(
+        "--max-failures", type=int, default=0, metavar="N",
+        help="with --workers: restart the workers up to N times after one dies; they resume from the last epoch",
+    )  # fmt: skip
+    group.add_argument(
+        "--ray-token-file", type=Path, help="file holding the Ray cluster's token (default: Ray's, ~/.ray/auth_token)"
+    )
+
+
+TORCHRUN_JOB = ".torchrun-job"  # in the run folder: which torchrun job trains it (cnnlab.train.distributed)
+
+
+def _run_as_rank(args: argparse.Namespace, settings: dict, callbacks) -> int:
+    """One of the processes torchrun started: rank 0 locks and checks --out and decides whether to resume (yes
+    when torchrun restarted this job's workers), and tells the others; every rank trains, rank 0 alone writes."""
+    from cnnlab.train.distributed import from_rank0, is_main_process, torchrun_job
+
+    if args.out is None:
+        raise ConfigError("under torchrun every process writes the same run folder: give it with --out")
+    with ExitStack() as stack:
+        problem = None
+        if is_main_process():
+            try:
+                stack.enter_context(folder_lock(_run_folder(args), what="run folder"))
+                _resume_restarted_job(args)
+                _guard_existing_run(args.out, args)
+                (args.out / TORCHRUN_JOB).write_text(torchrun_job() or "")
+            except (CnnlabError, OSError) as error:
+                problem = error
+        failed, args.resume = from_rank0((problem is not None, args.resume))
+        if problem is not None:
+            raise problem
+        if failed:
+            raise SystemExit(2)  # rank 0 says why
+        return _train_as_rank(args, settings, args.out, callbacks)
+
+
+def _resume_restarted_job(args: argparse.Namespace) -> None:
+    """torchrun restarted this job's workers (--max-restarts): continue from the run folder's last checkpoint
+    when the folder says this job wrote it (an older run's checkpoints still need --resume)."""
+    from cnnlab.train.distributed import restart_count, torchrun_job
+
+    job, marker = torchrun_job(), args.out / TORCHRUN_JOB
+    if not restart_count() or job is None or not marker.is_file() or marker.read_text() != job:
+        return
+    args.resume = any(args.out.glob("checkpoint*.pt"))
+    args.overwrite = not args.resume  # killed before its first checkpoint: this job's files, started again
+    state = "resuming from its last checkpoint" if args.resume else "no checkpoint yet, so starting it again"
+    print(f"torchrun restart {restart_count()} of this job in {args.out}: {state}", flush=True)
+
+
+def _train_as_rank(args: argparse.Namespace, settings: dict, out: Path, callbacks) -> int:
+    """Train as one rank of several: rank 0 prints and writes the run folder, the others train silently."""
+    from cnnlab.train.distributed import is_main_process
+
+    if is_main_process():
+        return _train(args, settings, out, callbacks)
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+        return _train(args, settings, out, callbacks)
+
+
+def _run_on_ray(args: argparse.Namespace, settings: dict, callbacks: list) -> int:
+    """--workers N: this command's training on N Ray Train workers, here or on the cluster at --address. This
+    process holds the run folder's lock while they train, and prints the result."""
+    from cnnlab.experiments.ray_train import RayWorkers, train_on_ray
+    from cnnlab.experiments.tune.engines import use_ray_token_file
+
+    if args.workers < 1 or args.max_failures < 0:
+        raise ConfigError(f"need --workers >= 1 and --max-failures >= 0, got {args.workers} and {args.max_failures}")
+    if args.ray_token_file is not None:
+        use_ray_token_file(args.ray_token_file)
+    workers = RayWorkers(args.workers, args.address, args.use_gpu, args.threads, args.max_failures)
+    out = _run_folder(args).resolve()
+    with folder_lock(out, what="run folder"):
+        _guard_existing_run(out, args)
+        print(workers.describe(), flush=True)
+        result = train_on_ray(functools.partial(_train_in_worker, args, settings, out, callbacks), out, workers)
+    shown = " - ".join(f"{k}: {v:.4f}" for k, v in result.metrics.items() if k != "epoch" and isinstance(v, float))
+    print(f"Ray Train finished after epoch {result.metrics.get('epoch')}: {shown}")
+    print(f"Ray's last checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
+    test = read_json(out / "metrics.json").get("test_accuracy")  # where rank 0 ran on this machine
+    if test is not None:
+        print(f"Test accuracy: {test:.4f}")
+    print(f"Run folder (written by rank 0, on its machine): {out}")
+    return 0
+
+
+def _train_in_worker(args: argparse.Namespace, settings: dict, out: Path, callbacks: list, resume: bool, device: str,
+                     ray_callbacks: list) -> int:  # fmt: skip
+    """What each Ray worker runs (cnnlab.experiments.ray_train): this command's training as one rank."""
+    args = argparse.Namespace(**{**vars(args), "resume": args.resume or resume, "device": device, "quiet": True})
+    return _train_as_rank(args, settings, out, [*callbacks, *ray_callbacks])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from cnnlab.cli._data import add_data_options, lab_data_from_args
@@ -89,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the study (new or existing)")
     if args.ray_token_file is not None:
-        if not args.ray_token_file.is_file():
-            raise ConfigError(f"--ray-token-file {args.ray_token_file} does not exist; on the head: ray get-auth-token")
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(args.ray_token_file.resolve())  # where Ray reads a token from
+        from cnnlab.experiments.tune.engines import use_ray_token_file
+
+        use_ray_token_file(args.ray_token_file)
     with folder_lock(args.out, what="tuning study folder"):  # before the data: a second search stops at once
         return _search(args)
 

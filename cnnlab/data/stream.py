@@ -114,7 +114,8 @@ class FolderFeed:
         """(uint8 NHWC images, int64 labels) on the CPU per global step, in ``order`` (fit's permutation) or in
         file order, cut by batch_windows; ``shard.take`` picks this process's share of each batch."""
         positions = torch.arange(self.samples) if order is None else order.cpu()
-        windows = [positions[window] for window in batch_windows(self.samples, batch_size)]
+        world = 1 if shard is None else shard.world
+        windows = [positions[window] for window in batch_windows(self.samples, batch_size, world)]
         lists = [(index if shard is None else shard.take(index)).tolist() for index in windows]
         workers = min(self.decoding.num_workers, len(lists))
         loader = DataLoader(_Files(list(map(str, self.files)), self.labels, self.decoding), batch_sampler=lists,

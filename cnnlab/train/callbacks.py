@@ -23,6 +23,7 @@ from cnnlab.core.errors import ConfigError, TrainingDiverged
 from cnnlab.core.files import write_csv, write_json
 from cnnlab.data.batches import steps_per_epoch
 from cnnlab.train.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, read_checkpoint, write_checkpoint
+from cnnlab.train.distributed import barrier
 
 _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end")
 
@@ -164,7 +165,7 @@ class ProgbarLogger(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
         self.seen, self.loss_sum, self.correct = 0, 0.0, 0
-        self.steps = steps_per_epoch(self.params["samples"], self.params["batch_size"])
+        self.steps = steps_per_epoch(self.params["samples"], self.params["batch_size"], self.params.get("world", 1))
         self.bar = tqdm(
             total=self.steps,
             desc=f"Epoch {epoch + 1}/{self.params['epochs']}",
@@ -286,7 +287,8 @@ class EarlyStopping(Callback):
 class BackupAndRestore(Callback):
     """Checkpoint the whole training state after every epoch and, with ``resume``, continue from the
     newest intact checkpoint: weights, optimizer, random generators, the augmentation's generators
-    and every callback's state. Keeps the last two checkpoints, each verified by size and sha256."""
+    and every callback's state. Keeps the last two checkpoints, each verified by size and sha256. Of several
+    processes, every rank resumes from the same file and rank 0 alone writes it, the others waiting until it has."""
 
     order = 80
 
@@ -311,7 +313,9 @@ class BackupAndRestore(Callback):
         state = self.model.training_state(epoch + 1)
         state["callbacks"] = self.callbacks.get_state()
         state["augment"] = self.augment.get_state() if hasattr(self.augment, "get_state") else None
-        write_checkpoint(self.folder / CHECKPOINT, state)
+        if self.model.shard.rank == 0:
+            write_checkpoint(self.folder / CHECKPOINT, state)
+        barrier(self.model.shard)
 
 
 class RunFolder(Callback):

@@ -21,7 +21,9 @@ from cnnlab.data.batches import batch_windows
 @dataclass(frozen=True)
 class Shard:
     """This process's place among the processes of one run: rank ``rank`` of ``world``. Each global batch is
-    dealt out as ``batch[rank::world]``, so the ranks' shares together are exactly the one-process batch."""
+    dealt out as ``batch[rank::world]``, so the ranks' shares together are exactly the one-process batch.
+    Feeds cut an epoch with ``batch_windows(samples, batch_size, world)``: every share then holds two images
+    or more, and every rank takes the same number of steps (DDP needs each rank at every step)."""
 
     rank: int = 0
     world: int = 1
@@ -66,6 +68,6 @@ class TensorFeed:
             order = order.to(self.images.device)
         elif shard.world > 1:
             order = torch.arange(self.samples, device=self.images.device)
-        for window in batch_windows(self.samples, batch_size):
+        for window in batch_windows(self.samples, batch_size, shard.world):
             index = window if order is None else shard.take(order[window])
             yield self.images[index], self.labels[index]

@@ -40,6 +40,7 @@ from cnnlab.train.callbacks import (
 )
 from cnnlab.train.checkpoint import CHECKPOINT
 from cnnlab.train.class_weights import resolve_class_weight
+from cnnlab.train.distributed import join, share_buffers, sum_over_ranks
 from cnnlab.train.feed import ALONE, Feed, TensorFeed, is_feed
 from cnnlab.train.inputs import SYMMETRIC, Preprocessing, class_labels, device_images, nchw, scale_batch
 from cnnlab.train.optim import MuonSGD
@@ -121,6 +122,7 @@ class Model:
         self._class_weights: torch.Tensor | None = None  # fit's class_weight, one per class, training loss only
         self._seed = 0  # fit's seed: feeds that shuffle themselves derive each epoch's order from it
         self.shard = ALONE  # this process's share of each batch in a distributed run
+        self._ddp = None  # fit's DistributedDataParallel around the network, for the training step only
         # Keras' l2 regularizer penalises kernels only, not biases or BatchNorm.
         self._kernels = [m.weight for m in self.network.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
@@ -237,7 +239,7 @@ class Model:
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor):
         with self._autocast():
-            logits = self.network(images)
+            logits = (self.network if self._ddp is None else self._ddp)(images)
         loss = self._loss(logits, labels, self._class_weights)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:
@@ -281,7 +283,7 @@ class Model:
 
     def _sum_over_ranks(self, totals: torch.Tensor) -> torch.Tensor:
         """Sums over the processes of a distributed run (one process: the totals as they are)."""
-        return totals
+        return sum_over_ranks(totals, self.shard)
 
     def _train_epoch(self, feed: Feed, batch_size: int, shuffle: bool, augment, callbacks: CallbackList, epoch: int):
         """One pass over the training feed; the loss and hit counts are summed on the device and read once at
@@ -303,6 +305,7 @@ class Model:
             totals += torch.stack([loss.double() * logs["size"], hits.double(), totals.new_tensor(logs["size"])])
             logs["loss"], logs["correct"] = loss, hits
             callbacks.on_train_batch_end(step, logs)
+        share_buffers(self.network, self.shard)
         loss_sum, hits, count = self._sum_over_ranks(totals).tolist()
         return {"loss": loss_sum / count, "accuracy": hits / count}
 
@@ -332,6 +335,7 @@ class Model:
         ``resume=True`` continues a killed run from its last intact checkpoint.
         ``class_weight`` ("balanced" or {class_index: weight}) weighs the training loss per class, as in
         Keras; validation and evaluate stay unweighted. "balanced" counts the training split's labels.
+        Run where torch.distributed holds several processes, fit trains as one of them (cnnlab.train.distributed).
         """
         if batch_size < 1 or epochs < 0:
             raise ConfigError(f"need batch_size >= 1 and epochs >= 0, got {batch_size} and {epochs}")
@@ -342,6 +346,7 @@ class Model:
         torch.manual_seed(seed)
         self._order, self._initial_epoch, self._seed = torch.Generator().manual_seed(seed), 0, seed
         params = {"batch_size": batch_size, "epochs": epochs, "samples": feed.samples, "seed": seed}
+        self.shard, self._ddp = join(self, params, verbose)  # one process of several?
         if weights is not None:
             params["class_weight"] = [float(w) for w in weights]
         run = Path(run_dir) if run_dir else None
@@ -365,19 +370,22 @@ class Model:
             completed = True
         finally:
             callback_list.on_train_end({} if completed else {"interrupted": True})
+            self.shard, self._ddp = ALONE, None  # evaluate and predict after fit run in this process alone
         return history
 
     def _callback_list(self, history, user, verbose, run, resume, augment, params) -> CallbackList:
         """fit's own callbacks beside the user's; CallbackList puts them in order (``Callback.order``):
-        the checkpoint before history.csv, so the csv never shows an epoch a resume would lose."""
-        history.params = params
+        the checkpoint before history.csv, so the csv never shows an epoch a resume would lose. Of several
+        processes, rank 0 alone prints and writes the run folder; every rank reads its checkpoint."""
+        history.params, main = params, self.shard.rank == 0
         callbacks = [history, TerminateOnNaN(), *user]
-        if verbose:
+        if verbose and main:
             callbacks.append(ProgbarLogger(verbose))
-        writers = [BackupAndRestore(run, resume, augment, verbose), RunFolder(run, history)] if run else []
-        if run:
-            callbacks += [*writers, CSVLogger(run / "history.csv", history)]
-        callback_list = CallbackList(callbacks, self, params, run)
+        writers = [BackupAndRestore(run, resume, augment, verbose and main)] if run else []
+        if run and main:
+            writers.append(RunFolder(run, history))
+            callbacks.append(CSVLogger(run / "history.csv", history))
+        callback_list = CallbackList([*callbacks, *writers], self, params, run if main else None)
         for writer in writers:
             writer.callbacks = callback_list
         return callback_list

@@ -23,7 +23,8 @@ class OneCycle(Callback):
         self.warmup, self.start = warmup, start
 
     def on_train_begin(self, logs=None):
-        self.steps_per_epoch = steps_per_epoch(self.params["samples"], self.params["batch_size"])
+        params = self.params
+        self.steps_per_epoch = steps_per_epoch(params["samples"], params["batch_size"], params.get("world", 1))
         self.total = self.steps_per_epoch * self.params["epochs"]
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -129,8 +129,16 @@ def _check_reachable(address: str) -> None:
         ) from error
 
 
-def _start_ray(ray, address: str | None, local_cpus: int, threads: int) -> None:
-    """Start Ray here, or join the cluster at ``address``; a cluster that refuses this driver is one line."""
+def use_ray_token_file(path: Path) -> None:
+    """Have Ray read the cluster's token from ``path`` (the commands' --ray-token-file)."""
+    if not path.is_file():
+        raise ConfigError(f"--ray-token-file {path} does not exist; on the head: ray get-auth-token")
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path.resolve())  # where Ray reads a token from
+
+
+def start_ray(ray, address: str | None, local_cpus: int, threads: int, log_to_driver: bool = False) -> None:
+    """Start Ray here, or join the cluster at ``address``; a cluster that refuses this driver is one line.
+    ``log_to_driver``: show what the workers print here (trials print nothing useful: off for tuning)."""
     token = False
     if address:
         _check_reachable(address)
@@ -140,7 +148,7 @@ def _start_ray(ray, address: str | None, local_cpus: int, threads: int) -> None:
             address=address,
             num_cpus=None if address else local_cpus,
             include_dashboard=False,
-            log_to_driver=False,  # trials print nothing useful; failures come back in the results
+            log_to_driver=log_to_driver,
             logging_level=logging.ERROR,
             runtime_env={"env_vars": {THREADS_ENV: str(threads)}},
         )
@@ -211,7 +219,7 @@ def run_ray(
     started_here = not ray.is_initialized()
     if started_here:
         local_slots = settings.max_concurrent or max(1, free_cores() // threads)
-        _start_ray(ray, settings.address, local_slots * threads, threads)
+        start_ray(ray, settings.address, local_slots * threads, threads)
     try:
         concurrency = settings.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         metric, mode = ("val_accuracy", "max") if not settings.multi_objective else (
