@@ -22,6 +22,7 @@ from cnnlab.cli._models import (
     train_resnet50,
 )
 from cnnlab.cli._report import report_test_results
+from cnnlab.cli._shards import train_on_shards, uses_shards
 from cnnlab.core.errors import ConfigError
 from cnnlab.core.locks import LOCK_NAME, folder_lock
 
@@ -211,6 +212,8 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     from cnnlab.train.callbacks import EarlyStopping
 
     carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
+    if uses_shards(settings["data"]):  # a packed shard set (cnnlab pack) streams through the lab's CNN
+        return train_on_shards(args, settings, out, carbon, {k: settings[k] for k in build_keys()})
     if args.recipe and args.model not in (None, "recipe"):
         raise ConfigError(f"--recipe {args.recipe} trains the recipe's network; drop --model {args.model}")
     recipe = _recipe(args, settings, args.recipe) if args.recipe else None
