@@ -85,6 +85,7 @@ _EXPORTS = {
         "TerminateOnNaN",
     ],
     "cnnlab.train.model": ["Model"],
+    "cnnlab.train.tensorboard": ["TensorBoard"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

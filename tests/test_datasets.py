@@ -241,7 +241,7 @@ def test_memory_limit_refuses_before_decoding_and_names_a_size(tmp_path, monkeyp
     monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "3000")  # bytes: 10 images x 3 channels fit 10 x 10
     monkeypatch.setattr(cnnlab.data.folders, "load_images", None)  # decoding would fail loudly
     with pytest.raises(DataError, match=r"over the limit of 0.00 GB; use --image-size 10 or smaller"):
-        load_dataset(tmp_path / "d", image_size=64)
+        load_dataset(tmp_path / "d", image_size=64, stream=False)  # by default such a folder is streamed
     monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "lots")
     with pytest.raises(ConfigError, match="neither bytes nor GB"):
         load_dataset(tmp_path / "d", image_size=64)

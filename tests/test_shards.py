@@ -28,6 +28,8 @@ from cnnlab.data.shards import ShardDataset, load_shards
 from cnnlab.models.cnn import build_cnn
 from cnnlab.train.feed import Shard, is_feed
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*converted 6 image:UserWarning")  # the fixture's grey images
+
 CLASSES = ("cat", "dog", "emu")
 SIZE = 16
 TINY_CNN = {"n_conv_layers": 1, "n_filters": 4, "device": "cpu"}
@@ -100,6 +102,18 @@ def test_a_plain_pass_reads_every_sample_once_in_pack_order(packed):
     assert [int(label) for _, y in batches for label in y] == [label for _, label in expected]
     assert data.test.labels.tolist() == [label for _, label in expected]
     assert all(x.dtype == torch.uint8 and y.dtype == torch.int64 and x.shape[1:] == (SIZE, SIZE, 3) for x, y in batches)
+
+
+def test_a_subset_streams_its_samples_in_feed_order_and_load_keeps_the_order_asked(packed):
+    feed = load_shards(packed).test
+    everything = list(zip(_images(feed.batches(64)), feed.labels.tolist(), strict=True))
+    positions = [11, 2, 17, 5]
+    subset = feed.subset(positions)
+    assert subset.samples == 4 and subset.labels.tolist() == [everything[i][1] for i in sorted(positions)]
+    assert _images(subset.batches(3)) == [everything[i][0] for i in sorted(positions)]
+    images, labels = feed.load(positions)
+    assert [image.tobytes() for image in images] == [everything[i][0] for i in positions]
+    assert labels.tolist() == [everything[i][1] for i in positions]
 
 
 def test_the_index_holds_classes_shape_counts_and_checksums(packed):
@@ -230,10 +244,15 @@ def test_cnnlab_pack_and_train_end_to_end(folder, tmp_path, capsys):
     assert "already holds a packed shard set" in capsys.readouterr().err
     arguments = ["--data", str(out), "--epochs", "1", "--out", str(run), "--quiet", "--batch-size", "8"]
     assert main(["train", *arguments, "--n-conv-layers", "1", "--n-filters", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "streamed from disk" in printed and "3 classes, 16x16x3" in printed
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["data_source"]["kind"] == "shards"
     assert metrics["data_source"]["split"]["test_images"] == 18
-    assert len((run / "history.csv").read_text().splitlines()) == 2
+    assert len((run / "history.csv").read_text().splitlines()) == 2 and (run / "samples.png").exists()
+    assert main(["evaluate", str(run), "--data", str(out), "--out", str(tmp_path / "evaluation")]) == 0
+    evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["images"] == 18 and evaluation["accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
 def test_arrays_are_packed_as_they_are(tmp_path):

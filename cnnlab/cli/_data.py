@@ -42,7 +42,8 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
+def add_data_options(parser: argparse.ArgumentParser, stream: bool = False) -> None:
+    """The data flags; ``stream`` adds --stream, for commands that can train on a folder streamed from disk."""
     group = parser.add_argument_group("data")
     group.add_argument("--data", metavar="SPEC", default=None, help=DATA_HELP)
     group.add_argument(
@@ -79,10 +80,14 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--strict", action="store_true", help="stop at the first unreadable image instead of skipping it"
     )
+    if stream:  # default None: stream a folder only when its arrays would pass the memory limit
+        group.add_argument("--stream", action="store_true", default=None, help="image folders: decode the images "
+                           "batch by batch while training instead of holding them in memory (default: only when "
+                           "they would pass the memory limit, $CNNLAB_MEMORY_LIMIT)")  # fmt: skip
 
 
 def dataset_from_args(args: argparse.Namespace):
-    """The ImageDataset the data options name."""
+    """The ImageDataset the data options name (a StreamedDataset for a folder streamed, where --stream exists)."""
     from cnnlab.data.load import load_dataset
 
     return load_dataset(
@@ -95,6 +100,7 @@ def dataset_from_args(args: argparse.Namespace):
         validation_split=args.validation_split,
         seed=getattr(args, "split_seed", None) or 0,
         strict=args.strict,
+        stream=getattr(args, "stream", False),
     )
 
 
@@ -104,3 +110,19 @@ def lab_data_from_args(args: argparse.Namespace, **overrides):
     from cnnlab.data.split import load_lab_data
 
     return load_lab_data(dataset_from_args(args), **overrides)
+
+
+def split_pairs(data) -> tuple[tuple, tuple, tuple]:
+    """(x, y) of the lab split's training, validation and test images, as fit and the evaluations take them:
+    arrays, or a streamed set's feeds, which bring their own labels (y None)."""
+    if getattr(data, "streamed", False):
+        return (data.train, None), (data.validation, None), (data.test, None)
+    return (data.x_train, data.y_train), (data.x_val, data.y_val), (data.x_test, data.y_test)
+
+
+def first_training_images(data, count: int):
+    """(images, labels) of the first ``count`` training images as uint8 arrays: a streamed split decodes just
+    those (for sample figures and TensorBoard's sample images)."""
+    if getattr(data, "streamed", False):
+        return data.train.load(range(min(count, data.train.samples)))
+    return data.x_train[:count], data.y_train[:count]

@@ -15,6 +15,7 @@ def report_test_results(out: Path, data, history, test: Evaluation, extra=None) 
     """Add the test results to metrics.json, draw the figures (class names on titles and axes), write the
     per-class accuracy table and print where everything is. The test loss is the cross-entropy of the
     predicted probabilities, as ``cnnlab evaluate`` reports it (no label smoothing or weight penalty)."""
+    from cnnlab.cli._data import first_training_images
     from cnnlab.core.files import write_json
     from cnnlab.data.cifar import accuracy_caveat
     from cnnlab.plots import confusion_matrix_figure, plot_results, sample_grid
@@ -33,7 +34,7 @@ def report_test_results(out: Path, data, history, test: Evaluation, extra=None) 
     }
     write_json(metrics_path, metrics)
     plot_results(history, out / "results.png", title=f"test accuracy {test_accuracy:.4f}")
-    sample_grid(data.x_train, data.y_train, path=out / "samples.png", class_names=data.class_names)
+    sample_grid(*first_training_images(data, 18), path=out / "samples.png", class_names=data.class_names)
     matrix = test.confusion
     confusion_matrix_figure(
         matrix, data.class_names, out / "confusion_matrix.png", title=f"test set, accuracy {test_accuracy:.1%}"

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     chosen = evaluation_set(model, args.data, training_source(args.model))
     check_class_names(model.class_names, chosen.class_names)
     evaluation, images = evaluate_model(model, chosen.images, chosen.labels), chosen.images
+    mistakes = evaluation.mistakes
+    if getattr(images, "streamed", False):  # a streamed folder: decode only the mistakes the gallery shows
+        images, mistakes = _shown_mistakes(images, mistakes)
     if chosen.note:
         print(f"Note: {chosen.note}")
     total = int(evaluation.confusion.sum())
@@ -58,7 +61,22 @@ def run(args: argparse.Namespace) -> int:
     confusion_matrix_figure(
         evaluation.confusion, evaluation.class_names, confusion, title=f"accuracy {evaluation.accuracy:.1%}"
     )
-    misclassified_gallery(images, evaluation.mistakes, GALLERY_SIZE, gallery, evaluation.class_names)
+    misclassified_gallery(images, mistakes, GALLERY_SIZE, gallery, evaluation.class_names)
     print(f"Figures: {confusion}, {gallery} ({min(GALLERY_SIZE, len(evaluation.mistakes))} most confident mistakes)")
     print(f"Results: {args.out / 'evaluation.json'}")
     return 0
+
+
+def _shown_mistakes(feed, mistakes):
+    """The gallery's images decoded from a streamed split, and its mistakes renumbered to them (the mistakes
+    count the images that decoded, so files skipped in the pass are left out of the positions)."""
+    import numpy as np
+
+    from cnnlab.evaluate.metrics import Misclassified
+
+    skipped = {path for path, _ in feed.skipped}
+    kept = [position for position, path in enumerate(feed.files) if path not in skipped]
+    shown = slice(0, GALLERY_SIZE)
+    images = feed.load([kept[i] for i in mistakes.indices[shown]])[0]
+    return images, Misclassified(np.arange(len(images)), mistakes.true[shown], mistakes.predicted[shown],
+                                 mistakes.confidence[shown])  # fmt: skip

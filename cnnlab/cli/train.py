@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cnnlab.cli._carbon import add_carbon_options, carbon_callbacks
 from cnnlab.cli._class_weight import add_class_weight_option, class_weight_from_args
-from cnnlab.cli._data import add_data_options, lab_data_from_args
+from cnnlab.cli._data import add_data_options, first_training_images, lab_data_from_args, split_pairs
 from cnnlab.cli._models import (
     DEFAULT_RECIPE,
     SMALL_IMAGE,
@@ -22,7 +22,6 @@ from cnnlab.cli._models import (
     train_resnet50,
 )
 from cnnlab.cli._report import report_test_results
-from cnnlab.cli._shards import train_on_shards, uses_shards
 from cnnlab.core.errors import ConfigError
 from cnnlab.core.locks import LOCK_NAME, folder_lock
 
@@ -102,7 +101,7 @@ def register(subparsers) -> None:
         "flags apply",
     )
     defaults = {**build_keys(), **FIT_KEYS, **DATA_KEYS}
-    add_data_options(parser)  # --data, --image-size, ...: shared with the other training commands
+    add_data_options(parser, stream=True)  # --data, --image-size, ...: shared with the other training commands
     for key, default in defaults.items():
         if key == "data":
             continue
@@ -115,6 +114,11 @@ def register(subparsers) -> None:
     add_model_options(parser)
     add_class_weight_option(parser)
     add_carbon_options(parser, tracking_default=False)
+    parser.add_argument(
+        "--tensorboard", action="store_true",
+        help="write TensorBoard curves to <run folder>/tensorboard: loss, accuracy, val_* and the learning rate "
+        "per epoch, 16 training images, the carbon figures at the end (pip install 'cnnlab[tensorboard]')",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -210,10 +214,10 @@ def _load_data(args: argparse.Namespace, settings: dict):
 def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     from cnnlab.models.cnn import build_cnn
     from cnnlab.train.callbacks import EarlyStopping
+    from cnnlab.train.tensorboard import TensorBoard
 
-    carbon = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
-    if uses_shards(settings["data"]):  # a packed shard set (cnnlab pack) streams through the lab's CNN
-        return train_on_shards(args, settings, out, carbon, {k: settings[k] for k in build_keys()})
+    callbacks = carbon_callbacks(args)  # bad carbon settings fail here, before any data is loaded
+    tensorboard = TensorBoard(out / "tensorboard") if args.tensorboard else None  # so does a missing package
     if args.recipe and args.model not in (None, "recipe"):
         raise ConfigError(f"--recipe {args.recipe} trains the recipe's network; drop --model {args.model}")
     recipe = _recipe(args, settings, args.recipe) if args.recipe else None
@@ -221,7 +225,13 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     if args.model == "resnet50":  # refuse the lab CNN's flags before any data is loaded
         resnet50_settings(args, settings, given)
     data = _load_data(args, settings)
+    if tensorboard:
+        tensorboard.sample_images = first_training_images(data, 16)[0]
+        callbacks.append(tensorboard)
+        print(f"TensorBoard: {tensorboard.log_dir} (tensorboard --logdir {tensorboard.log_dir})")
     kind, why = pick_model(args, data, cnn_flags=lab_cnn_settings(given))
+    if kind == "resnet50" and getattr(data, "streamed", False):
+        raise ConfigError("streamed data: --model resnet50 is not supported yet; use --model cnn or --recipe")
     if kind == "resnet50":
         settings = resnet50_settings(args, settings, given, small_images=max(data.input_shape[:2]) <= SMALL_IMAGE)
     print(f"Model: {kind} ({why})")
@@ -232,9 +242,9 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     class_weight = class_weight_from_args(args, data)
     if kind == "recipe":
         recipe = recipe or _recipe(args, settings, DEFAULT_RECIPE)
-        return _run_recipe(args, recipe, settings, data, out, carbon, class_weight)
+        return _run_recipe(args, recipe, settings, data, out, callbacks, class_weight)
     if kind == "resnet50":
-        return _run_resnet50(args, settings, data, out, carbon, class_weight)
+        return _run_resnet50(args, settings, data, out, callbacks, class_weight)
     build_args = {k: settings[k] for k in build_keys()}
     model = build_cnn(input_shape=data.input_shape, class_names=data.class_names, device=args.device, **build_args)
     model.summary()
@@ -243,13 +253,13 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
         from cnnlab.data.augment import parse_augment_spec
 
         augment = parse_augment_spec(settings["augment"], seed=settings["seed"])
-    callbacks = carbon + ([EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else [])
+    callbacks += [EarlyStopping(patience=settings["early_stopping"])] if settings["early_stopping"] else []
+    train, validation, test = split_pairs(data)
     history = model.fit(
-        data.x_train,
-        data.y_train,
+        *train,
         batch_size=settings["batch_size"],
         epochs=settings["epochs"],
-        validation_data=(data.x_val, data.y_val),
+        validation_data=validation,
         callbacks=callbacks,
         seed=settings["seed"],
         run_dir=out,
@@ -260,7 +270,7 @@ def _train(args: argparse.Namespace, settings: dict, out: Path) -> int:
     )
     from cnnlab.evaluate.predict import evaluate_model
 
-    return report_test_results(out, data, history, evaluate_model(model, data.x_test, data.y_test))
+    return report_test_results(out, data, history, evaluate_model(model, *test))
 
 
 RECIPE_KEYS = {"seed", "epochs", "batch_size", *DATA_KEYS}
@@ -297,17 +307,18 @@ def _run_recipe(args: argparse.Namespace, recipe, settings: dict, data, out: Pat
     import torch
 
     from cnnlab.evaluate.predict import Evaluation
-    from cnnlab.evaluate.tta import evaluate_tta, tta_logits
+    from cnnlab.evaluate.tta import evaluate_tta, tta_outputs
     from cnnlab.experiments.recipes import build_model, fit_recipe
 
     seed = settings["seed"]
-    model = build_model(recipe, data.x_train, seed, args.device, class_names=data.class_names)
+    train, validation, test = split_pairs(data)
+    model = build_model(recipe, train[0], seed, args.device, class_names=data.class_names)
     model.summary()
     history = fit_recipe(model, data, recipe, seed, callbacks=callbacks, verbose=2 if args.quiet else 1, run_dir=out,
                          resume=args.resume, class_weight=class_weight)  # fmt: skip
-    val = evaluate_tta(model, data.x_val, data.y_val, recipe.tta)
-    probabilities = torch.softmax(tta_logits(model, data.x_test, recipe.tta), 1).cpu().numpy()
-    test = Evaluation.from_probabilities(probabilities, data.y_test, data.class_names)
+    val = evaluate_tta(model, *validation, recipe.tta)
+    logits, labels = tta_outputs(model, *test, recipe.tta)
+    test = Evaluation.from_probabilities(torch.softmax(logits, 1).cpu().numpy(), labels, data.class_names)
     print(f"Validation accuracy (TTA): {val['accuracy']:.4f}")
     extra = {"model": "recipe", "recipe": args.recipe or DEFAULT_RECIPE, "tta": recipe.tta}
     extra.update(val_loss=val["loss"], val_accuracy=val["accuracy"])

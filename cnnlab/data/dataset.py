@@ -74,10 +74,16 @@ def memory_limit() -> int:
     return total // 2
 
 
+def memory_need(count: int, size: tuple[int, int], channels: int) -> tuple[int, int]:
+    """(bytes the uint8 arrays of ``count`` images take, bytes allowed): over the limit, a folder is streamed
+    or refused."""
+    return count * size[0] * size[1] * channels, memory_limit()
+
+
 def check_memory(count: int, size: tuple[int, int], channels: int, where: str) -> None:
     """Refuse, before decoding, a data set whose uint8 arrays would not fit the memory limit."""
     height, width = size
-    needed, limit = count * height * width * channels, memory_limit()
+    needed, limit = memory_need(count, size, channels)
     if needed <= limit:
         return
     side = math.isqrt(limit // max(1, count * channels))

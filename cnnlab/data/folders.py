@@ -111,7 +111,7 @@ def _warn_beside_splits(root: Path, split: tuple[str, str]) -> None:
     more = f" and {len(names) - _ENTRIES_SHOWN} more" if len(names) > _ENTRIES_SHOWN else ""
     warnings.warn(
         f"{root}: split layout {split[0]}/ + {split[1]}/; ignored {', '.join(names[:_ENTRIES_SHOWN])}{more}",
-        stacklevel=5,
+        stacklevel=6,
     )
 
 
@@ -123,7 +123,7 @@ def _warn_split_names(root: Path, classes: dict[str, list[Path]]) -> None:
             f"{root}: class folder(s) {', '.join(names)} look like split folders, but each subfolder here is taken "
             f"as a class; put the classes one level down (train/cat/1.jpg and val/cat/2.jpg), or pass the folder "
             f"that holds the class folders (e.g. {root / names[0]})",
-            stacklevel=5,
+            stacklevel=6,
         )
 
 
@@ -163,7 +163,7 @@ def _drop_empty_classes(root: Path, splits: dict[str, dict[str, list[Path]]]) ->
         )
     empty = [name for name, files in classes.items() if not files]
     if empty:
-        warnings.warn(f"{root}: class folder(s) {_names(empty)} hold no images and are left out", stacklevel=4)
+        warnings.warn(f"{root}: class folder(s) {_names(empty)} hold no images and are left out", stacklevel=5)
         for split in splits.values():
             for name in empty:
                 split.pop(name, None)
@@ -215,60 +215,97 @@ def _folder_key(listing: str, settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def load_folder(root: Path, settings: dict, strict: bool, progress: bool) -> ImageDataset:
-    """Scan, then decode (or read from the cache) a folder of class subfolders with the ``load_dataset`` settings."""
+@dataclass
+class FolderListing:
+    """A scanned folder, ready to decode into arrays or to stream from disk: both paths share it, so they
+    see the same files, labels, classes, image size and warnings."""
+
+    root: Path
+    scan: _Scan
+    class_names: tuple[str, ...]
+    settings: dict  # load_dataset's settings, with the image size filled in
+    digest: str  # over paths, sizes and times: the cache key's part
+    identities: dict[str, str]  # per split: known again in a copy (cnnlab evaluate)
+
+    def split_files(self, split: str) -> tuple[list[Path], np.ndarray]:
+        """A split's files in class order and their labels: the order decoded arrays hold them in."""
+        classes = self.scan.splits[split]
+        labels = np.repeat(np.arange(len(self.class_names)), [len(classes[name]) for name in self.class_names])
+        return [path for name in self.class_names for path in classes[name]], labels.astype(np.int64)
+
+    @property
+    def count(self) -> int:
+        return sum(len(files) for classes in self.scan.splits.values() for files in classes.values())
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.settings["color_mode"] == "grayscale" else 3
+
+    def layout(self) -> str:
+        split, seed = self.settings["validation_split"], self.settings["seed"]
+        if "test" in self.scan.splits:
+            return "train/test folders"
+        return f"one folder, stratified {split:.0%} test split (seed {seed})" if split else "one folder"
+
+    def key(self, strict: bool) -> str:
+        """The decode cache's key, also the data set's checksum (streamed or not, the same)."""
+        return _folder_key(self.digest, self.settings | {"strict": strict})
+
+    def origin(self, strict: bool) -> dict:
+        """The origin entries that say where the images came from and how they were loaded."""
+        load = {key: self.settings.get(key) for key in LOAD_KEYS}
+        return {"path": str(self.root), "source": str(self.root), "checksum": self.key(strict),
+                "split_checksums": self.identities, "load": load}  # fmt: skip
+
+
+def scan_folder(root: Path, settings: dict) -> FolderListing:
+    """Find a folder's classes and files (warning about what is left out) and settle the image size."""
     scan = _scan(root, settings.get("class_names"))
     if "test" in scan.splits and settings["validation_split"] is not None:
         raise ConfigError(f"{root} has train/ and test/ folders; leave out --validation-split")
     _warn_left_out(root, scan)
-    class_names = tuple(scan.splits["train"])
     if settings["image_size"] is None:
         settings = settings | {
             "image_size": _common_size([f for files in scan.splits["train"].values() for f in files])
         }
-    listing, identities = _listing(root, scan)
-    cache = cache_dir() / "folders" / _folder_key(listing, settings | {"strict": strict})
+    digest, identities = _listing(root, scan)
+    return FolderListing(root, scan, tuple(scan.splits["train"]), settings, digest, identities)
+
+
+def load_folder(found: FolderListing, strict: bool, progress: bool) -> ImageDataset:
+    """Decode (or read from the cache) a scanned folder with the ``load_dataset`` settings."""
+    cache = cache_dir() / "folders" / found.key(strict)
     cached = read_cache(cache, cache_format=_FOLDER_CACHE_FORMAT)
     if cached is None:
-        write_cache(cache, *_decode_folder(root, scan, class_names, settings, strict, progress))
+        write_cache(cache, *_decode_folder(found, strict, progress))
         cached = read_cache(cache, cache_format=_FOLDER_CACHE_FORMAT)
     arrays, meta = cached
     has_test = meta["has_test"]
-    origin = {
-        **meta["origin"],
-        "path": str(root),
-        "source": str(root),
-        "checksum": cache.name,
-        "split_checksums": identities,
-        "load": {key: settings.get(key) for key in LOAD_KEYS},
-    }
     return ImageDataset(
         arrays["x_train"],
         arrays["y_train"],
         arrays["x_test"] if has_test else None,
         arrays["y_test"] if has_test else None,
-        class_names,
-        origin,
+        found.class_names,
+        {**meta["origin"], **found.origin(strict)},
     )
 
 
 def _warn_left_out(root: Path, scan: _Scan) -> None:
     if scan.ignored:
         shown = _names(path.relative_to(root) for path in scan.ignored[:_NAMES_SHOWN])
-        warnings.warn(f"{root}: ignored {len(scan.ignored)} non-image file(s) (e.g. {shown})", stacklevel=4)
+        warnings.warn(f"{root}: ignored {len(scan.ignored)} non-image file(s) (e.g. {shown})", stacklevel=5)
     if scan.loops:
-        warnings.warn(f"{root}: symlink loop(s) not followed again: {_names(scan.loops[:_NAMES_SHOWN])}", stacklevel=4)
+        warnings.warn(f"{root}: symlink loop(s) not followed again: {_names(scan.loops[:_NAMES_SHOWN])}", stacklevel=5)
 
 
-def _decode_folder(root, scan: _Scan, class_names, settings: dict, strict: bool, progress: bool):
+def _decode_folder(found: FolderListing, strict: bool, progress: bool):
     """Decode every split (memory checked first), warn about skipped and converted images, split if asked."""
-    size, channels = settings["image_size"], 1 if settings["color_mode"] == "grayscale" else 3
-    count = sum(len(files) for classes in scan.splits.values() for files in classes.values())
-    check_memory(count, size, channels, str(root))
+    root, settings, size = found.root, found.settings, found.settings["image_size"]
+    check_memory(found.count, size, found.channels, str(root))
     arrays, skipped, notes = {}, [], Counter()
-    for split, classes in scan.splits.items():
-        paths = [path for files in classes.values() for path in files]
-        labels = np.repeat(np.arange(len(class_names)), [len(classes[name]) for name in class_names])
+    for split in found.scan.splits:
+        paths, labels = found.split_files(split)
         images, kept, split_skipped, split_notes = load_images(
             paths, size, settings["resize"], settings["color_mode"], strict, progress, settings["max_pixels"]
         )
@@ -277,18 +314,16 @@ def _decode_folder(root, scan: _Scan, class_names, settings: dict, strict: bool,
         arrays[f"y_{split}"] = np.array([label_of[str(path)] for path in kept], dtype=np.int64)
         skipped += split_skipped
         notes += split_notes
-    if settings["color_mode"] == "grayscale":  # grey was asked for: dropping colour, or keeping grey, is no news
-        notes = Counter({k: n for k, n in notes.items() if k != GRAYSCALE_NOTE and not k.startswith("grayscale (")})
-    _warn_decoded(root, skipped, notes)
+    notes = warn_decoded(root, skipped, notes, settings["color_mode"])
     if not len(arrays["x_train"]):
-        raise DataError(f"{root}: none of the {count} images could be read (e.g. {skipped[0][1]}); check the files")
-    layout = "train/test folders" if "x_test" in arrays else "one folder"
+        raise DataError(
+            f"{root}: none of the {found.count} images could be read (e.g. {skipped[0][1]}); check the files"
+        )
     if "x_test" not in arrays and settings["validation_split"]:
         x, x_test, y, y_test = stratified_split(
             arrays["x_train"], arrays["y_train"], settings["validation_split"], settings["seed"]
         )
         arrays = {"x_train": x, "y_train": y, "x_test": x_test, "y_test": y_test}
-        layout = f"one folder, stratified {settings['validation_split']:.0%} test split (seed {settings['seed']})"
     has_test = "x_test" in arrays
     if not has_test:
         arrays["x_test"], arrays["y_test"] = arrays["x_train"][:0], arrays["y_train"][:0]
@@ -296,24 +331,29 @@ def _decode_folder(root, scan: _Scan, class_names, settings: dict, strict: bool,
     origin = {
         "kind": "folder",
         "official": None,
-        "layout": layout,
+        "layout": found.layout(),
         "image_size": list(size),
         "skipped": len(skipped),
         "converted": dict(notes),
-        "ignored_files": len(scan.ignored),
+        "ignored_files": len(found.scan.ignored),
         "note": note,
     }
     return arrays, {"format": _FOLDER_CACHE_FORMAT, "has_test": has_test, "origin": origin}
 
 
-def _warn_decoded(root: Path, skipped: list, notes: Counter) -> None:
+def warn_decoded(root: Path, skipped: list, notes: Counter, color_mode: str, stacklevel: int = 6) -> Counter:
+    """One warning on the files skipped as unreadable, one on the images converted; returns the conversions
+    worth telling (grey was asked for: dropping colour, or keeping grey, is no news)."""
+    if color_mode == "grayscale":
+        notes = Counter({k: n for k, n in notes.items() if k != GRAYSCALE_NOTE and not k.startswith("grayscale (")})
     if skipped:
         shown = _names(path.relative_to(root) for path, _ in skipped[:_NAMES_SHOWN])
         warnings.warn(
             f"{root}: skipped {len(skipped)} unreadable image(s) (e.g. {shown}); fix or remove them, "
             "or pass strict=True (--strict) to stop at the first",
-            stacklevel=5,
+            stacklevel=stacklevel,
         )
     if notes:
         counts = "; ".join(f"{count} x {note}" for note, count in notes.most_common())
-        warnings.warn(f"{root}: converted {notes.total()} image(s): {counts}", stacklevel=5)
+        warnings.warn(f"{root}: converted {notes.total()} image(s): {counts}", stacklevel=stacklevel)
+    return notes

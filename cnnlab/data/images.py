@@ -189,10 +189,11 @@ def load_image(
     return np.asarray(image, dtype=np.uint8), notes
 
 
-def _decode_chunk(
+def decode_batch(
     paths: Sequence[str], size: tuple[int, int], resize: str, color_mode: str, max_pixels: int
 ) -> tuple[np.ndarray, list[str | None], list[str]]:
-    """Decode files into one array; a bad file leaves zeros and its error in the matching slot."""
+    """Decode files into one array; a bad file leaves zeros and its error in the matching slot. The one
+    per-file path of load_images' pool and of streamed batches, so both give the same pixels."""
     channels = 1 if color_mode == "grayscale" else 3
     images = np.zeros((len(paths), *size, channels), dtype=np.uint8)
     errors: list[str | None] = []
@@ -235,11 +236,11 @@ def load_images(
     parts = []
     with bar:
         if workers <= 1 or len(names) < _SERIAL_BELOW:
-            results = (_decode_chunk(chunk, *args) for chunk in chunks)
+            results = (decode_batch(chunk, *args) for chunk in chunks)
             parts = _collect(results, chunks, strict, bar)
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-                futures = [pool.submit(_decode_chunk, chunk, *args) for chunk in chunks]
+                futures = [pool.submit(decode_batch, chunk, *args) for chunk in chunks]
                 parts = _collect((future.result() for future in futures), chunks, strict, bar)
     return _assemble(parts, files, size, color_mode)
 

@@ -15,10 +15,10 @@ from cnnlab.data.cifar import (
     load_cifar,
 )
 from cnnlab.data.dataset import SPEC_HELP, ImageDataset
-from cnnlab.data.folders import load_folder
 from cnnlab.data.images import COLOR_MODES, MAX_IMAGE_PIXELS
 from cnnlab.data.npz import load_npz, split_npz
 from cnnlab.data.shards import ShardDataset, is_shard_set, load_shards
+from cnnlab.data.stream import StreamedDataset, open_folder
 
 
 def load_dataset(
@@ -35,7 +35,8 @@ def load_dataset(
     strict: bool = False,
     max_pixels: int = MAX_IMAGE_PIXELS,
     progress: bool = True,
-) -> ImageDataset | ShardDataset:
+    stream: bool | None = None,
+) -> ImageDataset | StreamedDataset | ShardDataset:
     """Load a data set from a spec: None or "cifar10" ($CNNLAB_CIFAR10), "cifar100" ($CNNLAB_CIFAR100),
     a folder of class subfolders, an .npz, or a CIFAR-10/100 archive or folder (recognised by its contents);
     a folder packed by ``cnnlab pack`` gives a ShardDataset, read streamed.
@@ -48,6 +49,8 @@ def load_dataset(
     "rgb" or "grayscale". ``class_names`` fixes the classes' order, or picks some of the subfolders. Unreadable
     images are skipped with a warning, or refused with ``strict=True``. ``label_mode`` picks CIFAR-100's 100
     fine or 20 coarse classes. The size, colour, crop, pad and class options apply to folders only.
+    A folder whose arrays would pass the memory limit ($CNNLAB_MEMORY_LIMIT) comes as a ``StreamedDataset``,
+    decoded batch by batch while training; ``stream=True`` always streams a folder, ``stream=False`` never.
     """
     size = _as_size(image_size)
     if color_mode not in COLOR_MODES:
@@ -60,6 +63,8 @@ def load_dataset(
     class_names = _as_class_names(class_names)
     name = str(spec).lower() if spec is not None else "cifar10"
     if name in ("cifar10", "cifar100"):
+        if stream:
+            raise ConfigError(f"{name}: --stream (stream=True) streams image folders; {name} is loaded into memory")
         return _check_options(load_cifar(name, None, label_mode), size, color_mode, validation_split, class_names)
     path = Path(spec).expanduser()
     if not path.exists():
@@ -67,6 +72,8 @@ def load_dataset(
     if is_shard_set(path):
         return _check_options(load_shards(path), size, color_mode, validation_split, class_names)
     kind = cifar_kind(path)
+    if stream and (kind or not path.is_dir()):
+        raise ConfigError(f"{path}: --stream (stream=True) streams image folders; this data is loaded into memory")
     if kind:
         return _check_options(load_cifar(kind, path, label_mode), size, color_mode, validation_split, class_names)
     if path.suffix.lower() == ".npz":
@@ -82,7 +89,7 @@ def load_dataset(
         "seed": seed,
         "max_pixels": max_pixels,
     }
-    return load_folder(path, settings, strict, progress)
+    return open_folder(path, settings, strict, progress, stream)
 
 
 def _resize_mode(crop_to_aspect_ratio: bool, pad_to_aspect_ratio: bool) -> str:

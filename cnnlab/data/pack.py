@@ -34,11 +34,10 @@ from tqdm.auto import tqdm
 from cnnlab.core.errors import ConfigError, DataError
 from cnnlab.core.files import write_json, write_text
 from cnnlab.core.locks import folder_lock
-from cnnlab.data.arrays import stratified_split
 from cnnlab.data.cifar import cifar_kind
-from cnnlab.data.folders import _common_size, _scan, _warn_decoded, _warn_left_out
-from cnnlab.data.images import GRAYSCALE_NOTE, MAX_IMAGE_PIXELS, load_images
-from cnnlab.data.load import _as_class_names, _as_size, _resize_mode, load_dataset
+from cnnlab.data.folders import warn_decoded
+from cnnlab.data.images import load_images
+from cnnlab.data.load import load_dataset
 from cnnlab.data.shards import INDEX_FORMAT, INDEX_NAME, INDEX_VERSION, SPLITS, is_shard_set
 
 CHUNK = 2048  # files decoded at a time: 25 MB of 64x64 images, whatever the size of the set
@@ -51,33 +50,18 @@ def pack(
     spec,
     out: str | os.PathLike,
     *,
-    image_size: int | tuple[int, int] | None = None,
     shard_size_mb: float = 100.0,
-    color_mode: str = "rgb",
-    crop_to_aspect_ratio: bool = False,
-    pad_to_aspect_ratio: bool = False,
-    class_names: list[str] | None = None,
-    validation_split: float | None = None,
     seed: int = 0,
-    strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    **options,
 ) -> dict:
-    """Pack the data set ``spec`` names (anything ``load_dataset`` takes, with its options) into ``out`` as
-    WebDataset shards of at most ``shard_size_mb`` MB and return the index written. ``seed`` orders the samples
-    (and, as in load_dataset, splits a folder by ``validation_split``). A folder that already holds a complete
-    shard set is refused unless ``overwrite``."""
+    """Pack the data set ``spec`` names into ``out`` as WebDataset shards of at most ``shard_size_mb`` MB and
+    return the index written. ``spec`` and ``options`` (image_size, color_mode, class_names, validation_split,
+    strict, ...) are load_dataset's; ``seed`` splits as there, and orders the samples. A folder that already
+    holds a complete shard set is refused unless ``overwrite``."""
     if not shard_size_mb > 0:
         raise ConfigError(f"shard_size_mb must be positive, got {shard_size_mb}")
-    options = {
-        "image_size": _as_size(image_size),
-        "color_mode": color_mode,
-        "class_names": _as_class_names(class_names),
-        "resize": _resize_mode(crop_to_aspect_ratio, pad_to_aspect_ratio),
-        "validation_split": validation_split,
-        "seed": seed,
-        "strict": strict,
-    }
     out = Path(out).expanduser()
     with folder_lock(out, what="shard folder"):
         index_path = out / INDEX_NAME
@@ -86,7 +70,7 @@ def pack(
                 f"{out} already holds a packed shard set ({INDEX_NAME}); re-pack with --overwrite "
                 "(overwrite=True) or choose another folder"
             )
-        source = _open(spec, out, options, progress)
+        source = _open(spec, out, seed, progress, options)
         index_path.unlink(missing_ok=True)  # from here until the new index, the folder is no shard set
         total = sum(len(order) for order in source.orders.values())
         with tqdm(total=total, unit="img", desc="packing", disable=not progress) as bar:
@@ -103,26 +87,17 @@ def pack(
     return index
 
 
-def _open(spec, out: Path, options: dict, progress: bool):
-    """The source of the samples: an image folder (decoded chunk by chunk) or a data set of arrays."""
-    name = str(spec).lower() if spec is not None else "cifar10"
-    path = Path(spec).expanduser() if name not in ("cifar10", "cifar100") else None
+def _open(spec, out: Path, seed: int, progress: bool, options: dict):
+    """The source of the samples: an image folder, opened streamed (listed and split as load_dataset lists and
+    splits it, nothing decoded yet), or a data set of arrays (CIFAR, .npz)."""
+    path = None if spec is None or str(spec).lower() in ("cifar10", "cifar100") else Path(spec).expanduser()
     if path is not None and is_shard_set(path):
         raise ConfigError(f"{path} is a packed shard set already; train on it with --data {path}")
-    if path is None or not path.is_dir() or cifar_kind(path):
-        loader_options = {key: options[key] for key in ("image_size", "color_mode", "class_names", "seed", "strict")}
-        dataset = load_dataset(
-            spec,
-            validation_split=options["validation_split"],
-            progress=progress,
-            crop_to_aspect_ratio=options["resize"] == "crop",
-            pad_to_aspect_ratio=options["resize"] == "pad",
-            **loader_options,
-        )
-        return _ArraySource(dataset, options["seed"])
-    if out.resolve().is_relative_to(path.resolve()):
+    folder = path is not None and path.is_dir() and not cifar_kind(path)
+    if folder and out.resolve().is_relative_to(path.resolve()):
         raise ConfigError(f"--out {out} lies inside the image folder {path}; write the shards somewhere else")
-    return _FolderSource(path, options)
+    dataset = load_dataset(spec, seed=seed, progress=progress, stream=folder, **options)
+    return _FolderSource(dataset, seed) if folder else _ArraySource(dataset, seed)
 
 
 class _ArraySource:
@@ -148,67 +123,36 @@ class _ArraySource:
 
 
 class _FolderSource:
-    """An image folder, scanned as load_dataset scans it; ``decode`` reads one chunk of its files."""
+    """An image folder as a StreamedDataset lists it; ``decode`` reads one chunk of a split's files."""
 
-    def __init__(self, root: Path, options: dict):
-        scan = _scan(root, options["class_names"])
-        split = options["validation_split"]
-        if "test" in scan.splits and split is not None:
-            raise ConfigError(f"{root} has train/ and test/ folders; leave out --validation-split")
-        _warn_left_out(root, scan)
-        self.root, self.options, self.class_names = root, options, tuple(scan.splits["train"])
-        self.files, self.labels = {}, {}
-        for name, classes in scan.splits.items():
-            self.files[name] = [path for files in classes.values() for path in files]
-            self.labels[name] = np.repeat(np.arange(len(self.class_names)), [len(files) for files in classes.values()])
-        size = options["image_size"] or _common_size(self.files["train"])
-        self.image_shape = (*size, 1 if options["color_mode"] == "grayscale" else 3)
-        layout = "train/test folders" if "test" in scan.splits else "one folder"
-        if "test" not in scan.splits and split:
-            self._hold_out(split, options["seed"])
-            layout = f"one folder, stratified {split:.0%} test split (seed {options['seed']})"
-        self.orders = {name: _order(len(labels), options["seed"], name) for name, labels in self.labels.items()}
+    def __init__(self, dataset, seed: int):
+        self.decoding, self.class_names, self.image_shape = dataset.decoding, dataset.class_names, dataset.image_shape
+        self.feeds = {"train": dataset.train} | ({"test": dataset.test} if dataset.test is not None else {})
+        self.orders = {split: _order(feed.samples, seed, split) for split, feed in self.feeds.items()}
+        self.origin = {key: value for key, value in dataset.origin.items() if key != "streamed"}
         self.skipped, self.notes = [], Counter()
-        self.origin = {
-            "kind": "folder",
-            "path": str(root),
-            "layout": layout,
-            "image_size": list(size),
-            "load": {key: options[key] for key in ("color_mode", "resize", "validation_split", "seed", "class_names")},
-        }
-
-    def _hold_out(self, share: float, seed: int) -> None:
-        """A stratified ``share`` of the files as the test split, as load_dataset's validation_split does."""
-        train, test, _, _ = stratified_split(np.arange(len(self.labels["train"])), self.labels["train"], share, seed)
-        files, labels = self.files["train"], self.labels["train"]
-        self.files = {"train": [files[i] for i in train], "test": [files[i] for i in test]}
-        self.labels = {"train": labels[train], "test": labels[test]}
 
     def decode(self, split: str, indices: np.ndarray):
-        paths = [self.files[split][i] for i in indices]
-        size, options = self.image_shape[:2], self.options
-        images, kept, skipped, notes = load_images(
-            paths, size, options["resize"], options["color_mode"], options["strict"], False, MAX_IMAGE_PIXELS
-        )
+        feed, d = self.feeds[split], self.decoding
+        paths = [feed.files[i] for i in indices]
+        images, kept, skipped, notes = load_images(paths, d.size, d.resize, d.color_mode, d.strict, False, d.max_pixels)
         self.skipped += skipped
         self.notes += notes
         position = {path: index for path, index in zip(paths, indices, strict=True)}
         kept_indices = np.array([position[path] for path in kept], dtype=np.int64)
-        return kept_indices, images, self.labels[split][kept_indices]
+        return kept_indices, images, feed.labels[kept_indices]
 
     def warn(self) -> None:
-        notes = self.notes
-        if self.options["color_mode"] == "grayscale":  # grey was asked for: converting to it is no news
-            notes = Counter({k: n for k, n in notes.items() if k != GRAYSCALE_NOTE and not k.startswith("grayscale (")})
-        _warn_decoded(self.root, self.skipped, notes)
+        notes = warn_decoded(self.decoding.root, self.skipped, self.notes, self.decoding.color_mode)
         self.origin.update(skipped=len(self.skipped), converted=dict(notes))
 
     def write_listings(self, out: Path) -> dict[str, str]:
         """Per split, the files by sample number (line n: sample n's file, relative to the folder)."""
         names = {}
-        for split, files in self.files.items():
+        for split, feed in self.feeds.items():
             names[split] = f"{split}-files.txt"
-            write_text(out / names[split], "".join(f"{path.relative_to(self.root).as_posix()}\n" for path in files))
+            lines = "".join(f"{path.relative_to(self.decoding.root).as_posix()}\n" for path in feed.files)
+            write_text(out / names[split], lines)
         return names
 
 

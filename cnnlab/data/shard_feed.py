@@ -11,6 +11,9 @@ pieces hold fewer samples than that reads them again from the start (cycles); on
 
 A plain pass (``train=False``: evaluate, predict) reads rank r's pieces (every w-th) once each, in pack order;
 the main process puts the workers' batches back into that order, so ``labels`` matches ``predict``.
+
+A shard feed is a streamed split as ``cnnlab.data.stream`` defines one (``streamed``, ``labels``, ``subset``,
+``load``), so the lab split, `cnnlab train` and `cnnlab evaluate` take it as they take a streamed folder.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import math
 import os
 import random
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import cycle, groupby, islice
@@ -34,16 +37,16 @@ from cnnlab.core.errors import ConfigError, DataError
 from cnnlab.data.batches import batch_windows
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+LOAD_BATCH = 256  # images per batch when a few are read outside training (figures, the recipe's whitening)
 
 
 @dataclass(frozen=True)
 class Piece:
-    """Samples ``skip`` to ``skip + take`` of one shard file, in the order pack wrote them."""
+    """The samples of one shard file at ``positions`` (increasing: their places in the order pack wrote them)."""
 
     path: str
     sha256: str
-    skip: int
-    take: int
+    positions: Sequence[int]
 
 
 _VERIFIED: set[tuple] = set()  # (path, size, mtime, sha256) of the shard files this process has checked
@@ -72,15 +75,45 @@ def verify(pieces: Iterable[Piece]) -> None:
 
 
 class ShardFeed:
-    """A split (or a range of one) of a packed shard set as a feed: uint8 NHWC batches and int64 labels on the
-    CPU. ``labels`` are the samples' labels in pack order (the order of a one-process plain pass)."""
+    """Samples of a packed shard set as a feed: uint8 NHWC batches and int64 labels on the CPU. ``labels`` are
+    the samples' labels in pack order (the order of a one-process plain pass, and of ``subset`` positions)."""
 
     shuffles_itself = True
+    streamed = True
+    skipped = ()  # what a pass could not read: nothing, pack decoded every image already
 
     def __init__(self, pieces: list[Piece], labels: np.ndarray, image_shape, workers: int = 2, buffer: int = 1000):
         self.pieces, self.labels, self.image_shape = list(pieces), labels, tuple(image_shape)
-        self.samples = sum(piece.take for piece in self.pieces)
+        self.samples = sum(len(piece.positions) for piece in self.pieces)
         self.workers, self.buffer = workers, buffer
+
+    @property
+    def files(self) -> list[str]:
+        """A name per sample, in feed order: shard and place in it (what a file name is to a streamed folder)."""
+        return [f"{os.path.basename(piece.path)}#{place}" for piece in self.pieces for place in piece.positions]
+
+    def subset(self, positions) -> ShardFeed:
+        """The samples at ``positions`` (of this feed) as a feed of their own, in this feed's order: a stream is
+        read front to back, so the order given is not kept."""
+        wanted = np.unique(np.asarray(positions, dtype=np.int64))
+        pieces, start = [], 0
+        for piece in self.pieces:
+            stop = start + len(piece.positions)
+            local = wanted[np.searchsorted(wanted, start) : np.searchsorted(wanted, stop)] - start
+            if len(local):
+                pieces.append(replace(piece, positions=tuple(np.asarray(piece.positions)[local].tolist())))
+            start = stop
+        return ShardFeed(pieces, self.labels[wanted], self.image_shape, self.workers, self.buffer)
+
+    def load(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """The images at ``positions``, in the order given, as uint8 arrays with their labels: the few a figure
+        or the recipe's whitening needs."""
+        positions = np.asarray(positions, dtype=np.int64)
+        parts = list(self.subset(positions).batches(LOAD_BATCH))
+        if not parts:
+            return np.zeros((0, *self.image_shape), np.uint8), np.zeros(0, np.int64)
+        order = np.searchsorted(np.unique(positions), positions)
+        return torch.cat([x for x, _ in parts]).numpy()[order], torch.cat([y for _, y in parts]).numpy()[order]
 
     def batches(self, batch_size, order=None, *, epoch=0, seed=0, shard=None, train=False) -> Iterator[Batch]:
         if order is not None:
@@ -119,8 +152,8 @@ def _rank_units(pieces: list[Piece], quota: int, rng: random.Random, rank: int, 
     for piece in cycle(mine):
         if not left:
             break
-        units.append(replace(piece, take=min(piece.take, left)))
-        left -= units[-1].take
+        units.append(replace(piece, positions=piece.positions[:left]))
+        left -= len(units[-1].positions)
     return units
 
 
@@ -130,10 +163,15 @@ def _read(units, shape: tuple[int, int, int]) -> Iterator[tuple[int, np.ndarray,
     than np.load, which parses each header (33 us an image, a third of a worker's time per sample)."""
     size = math.prod(shape)
     for position, unit in units:
-        samples = wds.tarfile_samples([{"url": unit.path}])
-        for sample in islice(samples, unit.skip, unit.skip + unit.take):
-            npy = sample["npy"]
-            yield position, np.frombuffer(npy, np.uint8, size, len(npy) - size).reshape(shape), int(sample["cls"])
+        wanted = iter(unit.positions)
+        target = next(wanted, None)
+        for place, sample in enumerate(wds.tarfile_samples([{"url": unit.path}])):
+            if target is None:
+                break
+            if place == target:
+                npy = sample["npy"]
+                yield position, np.frombuffer(npy, np.uint8, size, len(npy) - size).reshape(shape), int(sample["cls"])
+                target = next(wanted, None)
 
 
 def _shuffled(items, buffer: int, seed: str):
@@ -174,7 +212,7 @@ def _exact(loader: DataLoader, windows: Iterable[slice]) -> Iterator[Batch]:
 
 def _in_order(loader: DataLoader, units: list[Piece], batch_size: int) -> Iterator[Batch]:
     """The workers' batches in unit order: a unit's batches wait until every unit before it is through."""
-    left = [math.ceil(unit.take / batch_size) for unit in units]
+    left = [math.ceil(len(unit.positions) / batch_size) for unit in units]
     waiting, current = defaultdict(deque), 0
     for position, images, labels in loader:
         waiting[position].append((images, labels))

@@ -9,6 +9,7 @@ held out (exact counts, any number of shards, the same samples every time).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class ShardDataset:
     validation_split: float | None = None
     class_names: tuple[str, ...] = field(init=False)
     origin: dict = field(init=False)
+    streamed = True  # the splits are feeds: the lab split, cnnlab train and cnnlab evaluate stream them
 
     def __post_init__(self):
         self.class_names = tuple(self.index["class_names"])
@@ -76,6 +78,7 @@ class ShardDataset:
             "official": None,
             "packed_from": self.index["source"],
             "note": None,
+            "split_checksums": {split: _digest(self.index, split) for split in SPLITS if self.count(split)},
         }
         cut = self.count("train") - self.held_out
         if self.held_out and cut < 1:
@@ -113,8 +116,7 @@ class ShardDataset:
                 continue
             first, last = max(start - offset, 0), min(stop - offset, record["samples"])
             if first < last:
-                path = str(self.path / record["name"])
-                pieces.append(Piece(path, record["sha256"], first, last - first))
+                pieces.append(Piece(str(self.path / record["name"]), record["sha256"], range(first, last)))
                 labels.append(_labels(record)[first:last])
             offset += record["samples"]
         if not pieces:
@@ -130,6 +132,12 @@ class ShardDataset:
                 "(model.fit(data.train, None, validation_data=data.validation)) or with cnnlab train --data"
             )
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _digest(index: dict, split: str) -> str:
+    """A split's identity, over its shards' checksums: `cnnlab evaluate` knows the shards a model trained on."""
+    checksums = "".join(record["sha256"] for record in index["shards"] if record["split"] == split)
+    return hashlib.sha256(checksums.encode()).hexdigest()[:32]
 
 
 def _labels(record: dict) -> np.ndarray:

@@ -76,31 +76,30 @@ def load_lab_data(
     figures stay valid; other data sets get stratified subsets, and one without a test split gives up a
     stratified 20% as its test set (said in ``source["note"]``). Sizes of None, or larger than the data
     set, mean all of it. ``dtype="uint8"`` keeps the images as they are (4x less memory: the trainer
-    scales each batch); ``"float32"`` scales them to [-1, 1] as the lab does.
+    scales each batch); ``"float32"`` scales them to [-1, 1] as the lab does. A streamed data set (a folder
+    over the memory limit, or ``stream=True``) gives a ``StreamedLabData`` of feeds, always uint8.
     """
     from cnnlab.data.dataset import ImageDataset
     from cnnlab.data.load import load_dataset
 
     if dtype not in ("float32", "uint8"):
         raise DataError(f"dtype must be 'float32' or 'uint8', got {dtype!r}")
-    dataset = source if isinstance(source, ImageDataset) else load_dataset(source, **dataset_options)
+    loaded = isinstance(source, ImageDataset) or getattr(source, "streamed", False)
+    dataset = source if loaded else load_dataset(source, **dataset_options)
     for name, size in (("n_train_val", n_train_val), ("n_test", n_test)):
         if size is not None and size < 1:
             raise DataError(f"{name} must be at least 1 (or None for all images), got {size}")
-    split = _lab_split_cifar10 if dataset.origin.get("kind") == "cifar10" else _lab_split_stratified
-    (x_train, y_train), (x_val, y_val), (x_test, y_test), note = split(dataset, n_train_val, n_test, val_fraction, seed)
+    if getattr(dataset, "streamed", False):  # a StreamedDataset: its files are split, nothing is decoded
+        return _lab_split_streamed(dataset, n_train_val, n_test, val_fraction, seed)
+    if dataset.origin.get("kind") == "cifar10":
+        splits = _lab_split_cifar10(dataset, n_train_val, n_test, val_fraction, seed)
+    else:
+        splits = lab_split_arrays(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, n_train_val,
+                                  n_test, val_fraction, seed)  # fmt: skip
+    (x_train, y_train), (x_val, y_val), (x_test, y_test), note = splits
     convert = scale_images if dtype == "float32" else np.asarray
-    origin = dict(dataset.origin)
-    if note:
-        origin["note"] = "; ".join(filter(None, (origin.get("note"), note)))
-    origin["split"] = {  # enough to split again: `cnnlab evaluate` finds the held-out test images this way
-        "seed": seed,
-        "n_train_val": n_train_val,
-        "n_test": n_test,
-        "val_fraction": val_fraction,
-        "held_out_test": HELD_OUT_TEST if dataset.x_test is None else None,
-        "test_images": len(y_test),
-    }
+    sizes = {"n_train_val": n_train_val, "n_test": n_test, "val_fraction": val_fraction}
+    origin = lab_origin(dataset.origin, note, seed, sizes, dataset.x_test is None, len(y_test))
     return LabData(
         convert(x_train),
         y_train,
@@ -135,9 +134,10 @@ def _subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int):
     return kept, kept_labels
 
 
-def _lab_split_stratified(dataset, n_train_val, n_test, val_fraction, seed):
+def lab_split_arrays(x, y, x_test, y_test, n_train_val, n_test, val_fraction, seed):
+    """The stratified lab split of any arrays: images, or a streamed set's file positions (so a streamed
+    set is split exactly as its decoded arrays would be). Returns the three (x, y) pairs and a note."""
     note = None
-    x, y, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
     if x_test is None:
         x, x_test, y, y_test = stratified_split(np.asarray(x), np.asarray(y), HELD_OUT_TEST, seed)
         note = f"no test split: a stratified {HELD_OUT_TEST:.0%} ({len(x_test)} images) held out as the test set"
@@ -145,3 +145,30 @@ def _lab_split_stratified(dataset, n_train_val, n_test, val_fraction, seed):
     x_test, y_test = _subset(x_test, y_test, n_test, seed)
     x_train, x_val, y_train, y_val = stratified_split(x, y, val_fraction, seed)
     return (x_train, y_train), (x_val, y_val), (x_test, y_test), note
+
+
+def lab_origin(origin: dict, note: str | None, seed: int, sizes: dict, held_out: bool, test_images: int) -> dict:
+    """The data set's origin plus the split, recorded so that `cnnlab evaluate` can find the test images again."""
+    origin = dict(origin)
+    if note:
+        origin["note"] = "; ".join(filter(None, (origin.get("note"), note)))
+    origin["split"] = {"seed": seed, **sizes, "held_out_test": HELD_OUT_TEST if held_out else None,
+                       "test_images": test_images}  # fmt: skip
+    return origin
+
+
+def _lab_split_streamed(dataset, n_train_val, n_test, val_fraction, seed):
+    """The lab split of a StreamedDataset's files, made as ``lab_split_arrays`` makes it of decoded arrays (their
+    positions stand in for the images), so streamed and in-memory training see the same images in one order."""
+    from cnnlab.data.stream import StreamedLabData
+
+    train, test = dataset.train, dataset.test if dataset.test is not None else dataset.train
+    held_out = dataset.test is None
+    (kept, _), (val, _), (tested, y_test), note = lab_split_arrays(
+        np.arange(train.samples), train.labels, None if held_out else np.arange(test.samples),
+        None if held_out else test.labels, n_train_val, n_test, val_fraction, seed,
+    )  # fmt: skip
+    sizes = {"n_train_val": n_train_val, "n_test": n_test, "val_fraction": val_fraction}
+    origin = lab_origin(dataset.origin, note, seed, sizes, held_out, len(y_test))
+    return StreamedLabData(train.subset(kept), train.subset(val), test.subset(tested), origin, dataset.class_names,
+                           dataset.image_shape)  # fmt: skip

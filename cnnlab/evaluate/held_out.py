@@ -23,7 +23,8 @@ NOT_A_TEST_SCORE = "this accuracy is not a test score"
 
 @dataclass
 class EvaluationSet:
-    """The labelled images to score, their class names, and a line on how they relate to the training data."""
+    """The labelled images to score (uint8 arrays, or a feed when the data is streamed), their class names,
+    and a line on how they relate to the training data."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -63,9 +64,10 @@ def evaluation_set(model: Model, spec: str | os.PathLike | None, trained_on: dic
     if folder and load.get("class_names"):
         options["class_names"] = list(model.class_names)
     dataset = load_dataset(spec, **options)
-    if dataset.x_test is not None:
-        return EvaluationSet(dataset.x_test, dataset.y_test, dataset.class_names)
-    everything = EvaluationSet(dataset.x_train, dataset.y_train, dataset.class_names)
+    test = _split(dataset, "test")
+    if test is not None:
+        return EvaluationSet(*test, dataset.class_names)
+    everything = EvaluationSet(*_split(dataset, "train"), dataset.class_names)
     trained = _identities(trained_on).get("train")
     if trained and _identities(dataset.origin).get("train") == trained:
         return _trained_on_these(spec, options, dataset, trained_on)
@@ -76,7 +78,7 @@ def evaluation_set(model: Model, spec: str | os.PathLike | None, trained_on: dic
     ):
         everything.note = (
             f"the folder the model was trained on, changed since (its checksum differs): some of these "
-            f"{len(dataset.y_train)} images were probably used in training: {NOT_A_TEST_SCORE}"
+            f"{len(everything.labels)} images were probably used in training: {NOT_A_TEST_SCORE}"
         )
     return everything
 
@@ -84,17 +86,18 @@ def evaluation_set(model: Model, spec: str | os.PathLike | None, trained_on: dic
 def _trained_on_these(spec, options: dict, dataset, trained_on: dict) -> EvaluationSet:
     """The data set is the one the model trained on and has no test split of its own: find what training held
     out as test, else say that the images were used in training."""
-    count, names = len(dataset.y_train), dataset.class_names
-    everything = EvaluationSet(dataset.x_train, dataset.y_train, names)
+    everything = EvaluationSet(*_split(dataset, "train"), dataset.class_names)
+    count, names = len(everything.labels), dataset.class_names
     load, split = trained_on.get("load") or {}, trained_on.get("split") or {}
     if load.get("validation_split"):  # held out while loading (--validation-split): load it so again
         seed = load.get("seed") or 0
-        again = load_dataset(spec, **options, validation_split=load["validation_split"], seed=seed)
+        images, labels = _split(load_dataset(spec, **options, validation_split=load["validation_split"], seed=seed),
+                                "test")  # fmt: skip
         note = (
             f"the data the model was trained on: scoring the {load['validation_split']:.0%} that training held out "
-            f"as its test set ({len(again.y_test)} images, split seed {seed})"
+            f"as its test set ({len(labels)} images, split seed {seed})"
         )
-        return EvaluationSet(again.x_test, again.y_test, names, note)
+        return EvaluationSet(images, labels, names, note)
     if split and split.get("held_out_test") is None:  # training had a test split: these are its training images
         everything.note = f"all {count} of these images were used in training: {NOT_A_TEST_SCORE}"
         return everything
@@ -122,4 +125,14 @@ def _held_out(dataset, split: dict) -> tuple[np.ndarray, np.ndarray] | None:
     data = load_lab_data(dataset, dtype="uint8", **{key: split[key] for key in keys})
     if len(data.y_test) != split.get("test_images"):
         return None
-    return data.x_test, data.y_test
+    return data.test if getattr(data, "streamed", False) else data.x_test, data.y_test
+
+
+def _split(dataset, split: str) -> tuple | None:
+    """(images, labels) of a data set's "train" or "test" split, None when it has no such split: arrays, or the
+    feed of a streamed set (a folder over the memory limit)."""
+    if getattr(dataset, "streamed", False):
+        feed = getattr(dataset, split)
+        return None if feed is None else (feed, feed.labels)
+    images = getattr(dataset, f"x_{split}")
+    return None if images is None else (images, getattr(dataset, f"y_{split}"))

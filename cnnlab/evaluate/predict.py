@@ -23,6 +23,7 @@ from cnnlab.data.arrays import class_indices
 from cnnlab.data.images import IMAGE_SUFFIXES, RESIZE_MODES, find_images, load_images
 from cnnlab.evaluate.held_out import evaluation_set
 from cnnlab.evaluate.metrics import Misclassified, confusion_matrix, misclassified, per_class_accuracy
+from cnnlab.train.feed import is_feed
 from cnnlab.train.model import Model
 
 
@@ -166,11 +167,24 @@ class Evaluation:
         }
 
 
-def evaluate_model(model: Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
-    """One prediction pass over uint8 images serves every figure of merit."""
-    if len(images) == 0:
+def evaluate_model(model: Model, images, labels=None) -> Evaluation:
+    """One prediction pass over uint8 images, or over a feed (a streamed split, which brings its labels: a file
+    unreadable while streaming drops out of both), serves every figure of merit."""
+    if is_feed(images):
+        probabilities, labels = _feed_predictions(model, images)
+    else:
+        probabilities = model.predict(images) if len(images) else ()
+    if len(probabilities) == 0:
         raise DataError("no images to evaluate on; pass a data set with a test split")
-    return Evaluation.from_probabilities(model.predict(images), labels, model.class_names)
+    return Evaluation.from_probabilities(probabilities, labels, model.class_names)
+
+
+def _feed_predictions(model: Model, feed) -> tuple[np.ndarray, np.ndarray]:
+    probabilities, labels = [], []
+    for batch, batch_labels in feed.batches(512):
+        probabilities.append(model.predict(batch))
+        labels.append(batch_labels.numpy())
+    return (np.concatenate(probabilities), np.concatenate(labels)) if labels else ((), ())
 
 
 def evaluate_on(model: Model, spec: str | os.PathLike | None) -> tuple[Evaluation, np.ndarray]:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from cnnlab.core.errors import DataError
 from cnnlab.models.recipe_net import RecipeEnsemble
+from cnnlab.train.feed import is_feed
 from cnnlab.train.inputs import device_images, nchw, scale_batch
 from cnnlab.train.model import Model
 
@@ -30,22 +31,40 @@ def tta_views(images: torch.Tensor, level: int) -> list[torch.Tensor]:
 def tta_logits(model: Model, x, level: int = 2, batch_size: int = 500) -> torch.Tensor:
     """Mean logits over the TTA views of each image; x is an NHWC array, uint8 or floats in [-1, 1]."""
     images = nchw(device_images(x, model.device))  # scaled per batch below, as the NCHW view
-    network = model.network.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = scale_batch(images[start : start + batch_size])
-        with torch.autocast(model.device.type, dtype=model.amp_dtype, enabled=model.amp_dtype is not None):
-            logits = [
-                network(view.contiguous(memory_format=torch.channels_last)).float() for view in tta_views(batch, level)
-            ]
-        outputs.append(torch.stack(logits).mean(0))
-    return torch.cat(outputs)
+    model.network.eval()
+    return torch.cat([_mean_logits(model, images[start : start + batch_size], level)
+                      for start in range(0, len(images), batch_size)])  # fmt: skip
 
 
-def evaluate_tta(model: Model, x, y, level: int = 2) -> dict[str, float]:
-    """Loss (plain cross-entropy of the averaged logits) and accuracy with test-time augmentation."""
-    logits = tta_logits(model, x, level)
-    labels = torch.tensor(np.asarray(y)).reshape(-1).long().to(logits.device)
+def _mean_logits(model: Model, images: torch.Tensor, level: int) -> torch.Tensor:
+    batch = scale_batch(images)
+    with torch.autocast(model.device.type, dtype=model.amp_dtype, enabled=model.amp_dtype is not None):
+        logits = [
+            model.network(view.contiguous(memory_format=torch.channels_last)).float()
+            for view in tta_views(batch, level)
+        ]
+    return torch.stack(logits).mean(0)
+
+
+@torch.no_grad()
+def tta_outputs(model: Model, x, y=None, level: int = 2, batch_size: int = 500) -> tuple[torch.Tensor, np.ndarray]:
+    """Mean TTA logits and the labels they belong to: of arrays (x, y), or of a feed (a streamed split), whose
+    labels come with its batches, so that a file unreadable while streaming drops out of both."""
+    if not is_feed(x):
+        return tta_logits(model, x, level, batch_size), np.asarray(y).reshape(-1)
+    model.network.eval()
+    logits, labels = [], []
+    for images, batch_labels in x.batches(batch_size):
+        logits.append(_mean_logits(model, nchw(images.to(model.device)), level))
+        labels.append(batch_labels)
+    return torch.cat(logits), torch.cat(labels).numpy()
+
+
+def evaluate_tta(model: Model, x, y=None, level: int = 2) -> dict[str, float]:
+    """Loss (plain cross-entropy of the averaged logits) and accuracy with test-time augmentation, on arrays
+    or a feed (``y`` None: the feed brings its labels)."""
+    logits, labels = tta_outputs(model, x, y, level)
+    labels = torch.as_tensor(labels).long().to(logits.device)
     if len(labels) != len(logits):
         raise DataError(f"{len(logits)} images but {len(labels)} labels")
     return {

@@ -139,14 +139,23 @@ def recipe_net_config(recipe: Recipe, input_shape, num_classes=None, class_names
 def build_recipe_model(
     recipe: str | Recipe, x_train, seed: int = 0, device="auto", num_classes: int | None = None, class_names=None
 ) -> Model:
-    """The recipe's network, its whitening fitted to ``x_train`` (NHWC), compiled as SGD + Nesterov."""
+    """The recipe's network, its whitening fitted to ``x_train`` (NHWC, or a streamed split), compiled as SGD +
+    Nesterov."""
     settings = get_recipe(recipe)
-    config = recipe_net_config(settings, np.shape(x_train)[1:], num_classes, class_names, seed)
+    sample = _first_images(x_train, 5000)
+    config = recipe_net_config(settings, np.shape(sample)[1:], num_classes, class_names, seed)
     model = create_model(config, device)
-    model.network.init_whitening(scale_batch(nchw(device_images(np.asarray(x_train)[:5000], model.device))))
+    model.network.init_whitening(scale_batch(nchw(device_images(sample, model.device))))
     if settings.compile:
         model.network.compile()  # in place: state_dict keys and checkpoints stay as without compiling
     return model
+
+
+def _first_images(x_train, count: int) -> np.ndarray:
+    """The first ``count`` training images: of an array, or decoded from a streamed split (the same images)."""
+    if getattr(x_train, "streamed", False):
+        return x_train.load(np.arange(min(count, x_train.samples)))[0]
+    return np.asarray(x_train)[:count]
 
 
 def build_lab_model(
@@ -174,19 +183,20 @@ def fit_recipe(
     resume: bool = False,
     class_weight: str | dict | None = None,
 ) -> History:
-    """Train any Model on ``data`` (a LabData) with the recipe's schedule, augmentation and EMA.
+    """Train any Model on ``data`` (a LabData or StreamedLabData) with the recipe's schedule, augmentation and EMA.
 
     The model's optimizer and label smoothing stay as built, apart from the learning rate, which
     the one-cycle schedule drives from the model's ``learning_rate`` as its peak. ``class_weight``
     weighs the training loss per class, as ``Model.fit`` does (every member of an ensemble alike).
     """
     settings = get_recipe(recipe)
+    x, y = (data.train, None) if getattr(data, "streamed", False) else (data.x_train, data.y_train)
     schedule = [OneCycle(settings.warmup)]
     if settings.ema_decay:
         schedule.append(WeightEMA(settings.ema_decay, settings.ema_every))
     return model.fit(
-        data.x_train,
-        data.y_train,
+        x,
+        y,
         batch_size=settings.batch_size,
         epochs=settings.epochs,
         verbose=verbose,
@@ -204,7 +214,7 @@ def build_model(recipe: str | Recipe, x_train, seed: int = 0, device="auto", cla
     settings = get_recipe(recipe)
     if settings.network == "lab":
         config = RECIPE_LAB_MODEL.replace(class_names=tuple(class_names), num_classes=None) if class_names else None
-        return build_lab_model(settings, seed, device, np.shape(x_train)[1:], config)
+        return build_lab_model(settings, seed, device, np.shape(_first_images(x_train, 1))[1:], config)
     return build_recipe_model(settings, x_train, seed, device, class_names=class_names)
 
 

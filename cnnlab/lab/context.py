@@ -87,7 +87,7 @@ class LabContext:
 
             sizes = {"n_train_val": 800, "n_test": 200} if self.tiny else {}
             try:
-                loaded = load_lab_data(self.data_source, dtype="uint8", **sizes, **self.data_options)
+                loaded = load_lab_data(self.data_source, dtype="uint8", stream=False, **sizes, **self.data_options)
             except DataError as error:
                 what = "CIFAR-10" if self.data_source is None else "the data"
                 raise PartSkipped(f"{what} could not be loaded", str(error)) from None  # the error names path and fix

@@ -78,6 +78,8 @@ class CallbackList:
         self.callbacks = sorted(callbacks, key=lambda callback: callback.order)  # sorted() is stable
         for callback in self.callbacks:
             callback.model, callback.params, callback.run_dir = model, params, run_dir
+            if getattr(callback, "wants_callback_list", False):  # e.g. TensorBoard, which logs the others' metrics
+                callback.callbacks = self
         self._batch_begin = [c for c in self.callbacks if _overrides(c, _BATCH_HOOKS[0])]
         self._batch_end = [c for c in self.callbacks if _overrides(c, _BATCH_HOOKS[1])]
 

@@ -213,10 +213,11 @@ class Model:
         return TensorFeed(images, labels), val_feed
 
     def _feed(self, data, name: str = "x") -> Feed:
-        """A feed of ``data``: a feed as it is, or an (x, y) pair of arrays moved onto the device."""
-        if is_feed(data):
-            return data
-        x, y = data
+        """A feed of ``data``: a feed as it is (alone or as ``(feed, None)``), or an (x, y) pair of arrays moved
+        onto the device."""
+        x, y = (data, None) if is_feed(data) else data
+        if is_feed(x):
+            return x
         images = self._images(x, name)
         return TensorFeed(images, self._labels(y, len(images), name.replace("x", "y")))
 
