@@ -13,8 +13,9 @@ def register(subparsers) -> None:
         "pack",
         help="pack a data set into WebDataset tar shards for streamed training",
         description="Decode a data set once, resized, into WebDataset tar shards (train-000000.tar, ..., "
-        "test-000000.tar, ...: uint8 .npy images, class labels, source paths) and an index.json (classes, image "
-        "shape, counts per split and class, each shard's size and sha256). Image folders are decoded a chunk at a "
+        "test-000000.tar, ...: uint8 .npy images and class labels, in a seeded random order) and an index.json "
+        "(classes, image shape, counts per split and class, each shard's size and sha256); a folder's files are "
+        "listed per split in train-files.txt and test-files.txt. Image folders are decoded a chunk at a "
         "time, so memory stays flat whatever their size. Training then streams the shards: cnnlab train --data "
         "DIR. A killed pack leaves no index.json; run it again to complete it.",
     )
