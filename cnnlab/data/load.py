@@ -17,6 +17,7 @@ from cnnlab.data.cifar import (
 from cnnlab.data.dataset import SPEC_HELP, ImageDataset
 from cnnlab.data.images import COLOR_MODES, MAX_IMAGE_PIXELS
 from cnnlab.data.npz import load_npz, split_npz
+from cnnlab.data.shards import ShardDataset, is_shard_set, load_shards
 from cnnlab.data.stream import StreamedDataset, open_folder
 
 
@@ -35,9 +36,10 @@ def load_dataset(
     max_pixels: int = MAX_IMAGE_PIXELS,
     progress: bool = True,
     stream: bool | None = None,
-) -> ImageDataset | StreamedDataset:
+) -> ImageDataset | StreamedDataset | ShardDataset:
     """Load a data set from a spec: None or "cifar10" ($CNNLAB_CIFAR10), "cifar100" ($CNNLAB_CIFAR100),
-    a folder of class subfolders, an .npz, or a CIFAR-10/100 archive or folder (recognised by its contents).
+    a folder of class subfolders, an .npz, or a CIFAR-10/100 archive or folder (recognised by its contents);
+    a folder packed by ``cnnlab pack`` gives a ShardDataset, read streamed.
 
     Folders follow Keras' ``image_dataset_from_directory``: class names are the sorted subfolder names;
     ``train/`` and ``test/`` (or ``val/``) inside give the split, else ``validation_split`` (stratified,
@@ -67,6 +69,8 @@ def load_dataset(
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder; {SPEC_HELP}")
+    if is_shard_set(path):
+        return _check_options(load_shards(path), size, color_mode, validation_split, class_names)
     kind = cifar_kind(path)
     if stream and (kind or not path.is_dir()):
         raise ConfigError(f"{path}: --stream (stream=True) streams image folders; this data is loaded into memory")

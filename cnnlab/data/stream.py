@@ -110,9 +110,10 @@ class FolderFeed:
         positions = np.asarray(positions, dtype=np.int64)
         return FolderFeed([self.files[i] for i in positions], self.labels[positions], self.decoding)
 
-    def batches(self, batch_size, order=None, *, epoch=0, seed=0, shard=None) -> Iterator[tuple]:
+    def batches(self, batch_size, order=None, *, epoch=0, seed=0, shard=None, train=False) -> Iterator[tuple]:
         """(uint8 NHWC images, int64 labels) on the CPU per global step, in ``order`` (fit's permutation) or in
-        file order, cut by batch_windows; ``shard.take`` picks this process's share of each batch."""
+        file order, cut by batch_windows; ``shard.take`` picks this process's share of each batch. ``train``
+        changes nothing: fit's order is what makes a training epoch here."""
         positions = torch.arange(self.samples) if order is None else order.cpu()
         world = 1 if shard is None else shard.world
         windows = [positions[window] for window in batch_windows(self.samples, batch_size, world)]

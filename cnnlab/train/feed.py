@@ -40,13 +40,21 @@ class Feed(Protocol):
     """A data source fit can train on. ``samples`` images per epoch (all ranks together). ``batches`` yields
     (uint8 or float NHWC images, int64 labels) tensors, on any device (fit moves them), one per global step:
     in ``order`` when it is given, else in the feed's own order (``shuffles_itself`` feeds shuffle with
-    ``seed`` and ``epoch``); only this ``shard``'s share of each global batch."""
+    ``seed`` and ``epoch``); only this ``shard``'s share of each global batch. ``train`` says a training epoch
+    (fit's) from one plain pass (evaluate, predict): a feed that shuffles itself shuffles only the former."""
 
     samples: int
     shuffles_itself: bool
 
     def batches(
-        self, batch_size: int, order: torch.Tensor | None = None, *, epoch: int = 0, seed: int = 0, shard: Shard = ALONE
+        self,
+        batch_size: int,
+        order: torch.Tensor | None = None,
+        *,
+        epoch: int = 0,
+        seed: int = 0,
+        shard: Shard = ALONE,
+        train: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
@@ -63,7 +71,7 @@ class TensorFeed:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         self.images, self.labels, self.samples = images, labels, len(images)
 
-    def batches(self, batch_size, order=None, *, epoch=0, seed=0, shard=ALONE):
+    def batches(self, batch_size, order=None, *, epoch=0, seed=0, shard=ALONE, train=False):
         if order is not None:
             order = order.to(self.images.device)
         elif shard.world > 1:

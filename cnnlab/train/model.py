@@ -293,7 +293,7 @@ class Model:
         if shuffle and not feed.shuffles_itself:
             order = torch.randperm(feed.samples, generator=self._order)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, hits, images
-        batches = feed.batches(batch_size, order, epoch=epoch, seed=self._seed, shard=self.shard)
+        batches = feed.batches(batch_size, order, epoch=epoch, seed=self._seed, shard=self.shard, train=True)
         for step, (images, labels) in enumerate(batches):
             batch_images = nchw(self.scaled(images.to(self.device, non_blocking=True)))  # channels_last NCHW
             if augment is not None:
