@@ -13,10 +13,10 @@ import numbers
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cnnlab.core.errors import ConfigError
 from cnnlab.train.callbacks import Callback, CallbackList
+from cnnlab.train.distributed import is_main_process
 
 SAMPLE_IMAGES = 16  # images in the grid of training samples
 
@@ -30,12 +30,6 @@ def _summary_writer_class() -> type:
             f"the TensorBoard callback needs the tensorboard package ({error}): pip install 'cnnlab[tensorboard]'"
         ) from error
     return SummaryWriter
-
-
-def _is_rank_zero() -> bool:
-    """In distributed training every process runs the callbacks; only the first one writes."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _as_uint8(images) -> np.ndarray:
@@ -80,7 +74,7 @@ class TensorBoard(Callback):
         self.step, self.epochs_done = 0, 0  # a resume sets the step back (set_state) after this
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._epochs is None and _is_rank_zero():
+        if self._epochs is None and is_main_process():
             self._open(epoch)
 
     def _open(self, first_epoch: int) -> None:
