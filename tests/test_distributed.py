@@ -8,20 +8,17 @@ helper tests/dist_worker.py trains through cnnlab's API or its `train` command u
 from __future__ import annotations
 
 import csv
+import math
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from ray_head import free_port, ray_head
 
 from cnnlab.cli import main
 from cnnlab.core.errors import ConfigError
@@ -36,12 +33,6 @@ REPO = TESTS.parent
 BIN = Path(sys.executable).parent
 TRAIN = ["--epochs", "2", "--batch-size", "16", "--n-conv-layers", "1", "--n-filters", "4", "--n-train-val", "96",
          "--n-test", "24", "--quiet"]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -59,7 +50,7 @@ def _run(command: list[str], timeout: float = 120, **env: str) -> subprocess.Com
 
 def _torchrun(nproc: int, *args: str, restarts: int = 0) -> list[str]:
     return [str(BIN / "torchrun"), f"--nproc_per_node={nproc}", f"--max-restarts={restarts}",
-            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *args]  # fmt: skip
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]  # fmt: skip
 
 
 def _history(folder: Path) -> list[dict[str, str]]:
@@ -223,38 +214,40 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes_from_its_checkpoi
     assert _history(out) == _history(straight_run[0])
 
 
+@pytest.mark.parametrize("source", ["shards", "streamed folder"])
+def test_torchrun_trains_on_data_that_is_not_held_in_memory(tmp_path, toy_npz, source):
+    """Two processes on packed shards (each rank reads its own shards) and on a streamed folder (each rank decodes
+    its half of every batch): both ranks take the same number of steps, so neither waits for the other forever."""
+    from dist_worker import toy_data
+
+    data = tmp_path / "data"
+    if source == "shards":
+        _run([sys.executable, "-m", "cnnlab", "pack", str(toy_npz), "--out", str(data), "--quiet"])
+        flags = []
+    else:
+        for index, (image, label) in enumerate(zip(*toy_data(96), strict=True)):
+            (data / f"class{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(data / f"class{label}" / f"{index}.png")
+        flags = ["--stream", "--validation-split", "0.25"]
+    out = tmp_path / "run"
+    done = _run(_torchrun(2, "-m", "cnnlab", "train", "--data", str(data), "--out", str(out), *flags, *TRAIN))
+    assert "global batch 16 = 2 processes x 8" in done.stdout, done.stdout
+    rows = _history(out)
+    assert len(rows) == 2 and all(math.isfinite(float(row["loss"])) for row in rows), rows
+    assert (out / "metrics.json").is_file() and done.stdout.count("Test accuracy:") == 1, done.stdout
+
+
 # ----------------------------------------------------------------------------------- (d), (e) a Ray cluster
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """`ray start --head` on 127.0.0.1 with 2 CPUs, in its own process group, stopped (that group only) at the end;
-    its HOME holds no token, so it runs without authentication."""
+    """`ray start --head` on 127.0.0.1 with 2 CPUs (tests/ray_head.py); its HOME holds no token, so it runs without
+    authentication. Its workers import cnnlab and tests/dist_worker.py."""
     pytest.importorskip("ray.train", reason="Ray Train is the optional extra cnnlab[ray]")
-    home, port = tmp_path_factory.mktemp("home"), _free_port()
-    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
-    log = temp / "head.log"
-    command = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-               "--num-cpus", "2", "--object-store-memory", "80000000", "--include-dashboard", "false",
-               "--disable-usage-stats", "--temp-dir", str(temp)]  # fmt: skip
-    with open(log, "w") as output:
-        head = subprocess.Popen(command, env=_env(HOME=str(home)), stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in log.read_text() and time.monotonic() < deadline:
-            assert head.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.5)
-        assert "Ray runtime started" in log.read_text(), log.read_text()[-2000:]
+    home, port = tmp_path_factory.mktemp("home"), free_port()
+    with ray_head(home, port, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", OMP_NUM_THREADS="1", CNNLAB_THREADS="1"):
         yield f"127.0.0.1:{port}", home
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=10)
-        time.sleep(1)  # gcs_server and raylet stop a moment after `ray start`
-        with suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_cnnlab_train_on_two_ray_workers_of_a_cluster(tmp_path, toy_npz, ray_cluster, straight_run):

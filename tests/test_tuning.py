@@ -4,22 +4,16 @@ survives a crash and continues, the accuracy+energy Pareto front, plots, and a 2
 from __future__ import annotations
 
 import csv
-import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import tomllib
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+from ray_head import free_port, ray_env, ray_head
 
 from cnnlab.cli import build_parser, main
 from cnnlab.core.errors import ConfigError
@@ -302,52 +296,6 @@ def test_ray_tune_runs_two_trials_into_the_study(tmp_path, tiny_data):
 
 # ----------------------------------------------------------------------------------- a real Ray cluster
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _ray_env(home: Path, **extra: str) -> dict[str, str]:
-    """Ray's files under a private HOME; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every Ray socket on
-    127.0.0.1 (else Ray swaps a loopback address for the machine's own)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return {**env, "HOME": str(home), "PYTHONPATH": str(REPO), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
-
-
-@contextmanager
-def _ray_head(home: Path, port: int, **env: str):
-    """`ray start --head` on 127.0.0.1 (2 CPUs, an 80 MB object store), in its own process group,
-    which is ended on exit: only this test's Ray processes are stopped."""
-    ray = Path(sys.executable).with_name("ray")
-    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
-    log = temp / "head.log"
-    command = [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-               "--num-cpus", "2", "--object-store-memory", "80000000", "--include-dashboard", "false",
-               "--disable-usage-stats", "--temp-dir", str(temp)]  # fmt: skip
-    with open(log, "w") as output:
-        head = subprocess.Popen(command, env=_ray_env(home, **env), stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in log.read_text() and time.monotonic() < deadline:
-            assert head.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.5)
-        assert "Ray runtime started" in log.read_text(), log.read_text()[-2000:]
-        yield log.read_text()
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=10)
-        time.sleep(1)  # gcs_server and raylet stop a moment after `ray start`
-        with suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
 def _tune_on(address: str, home: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     from tiny_cifar import write_tiny_cifar
 
@@ -360,7 +308,7 @@ def _tune_on(address: str, home: Path, tmp_path: Path, **env: str) -> subprocess
     command = [sys.executable, "-m", "cnnlab.cli", "--threads", "1", "tune", "--engine", "ray", "--address", address,
                "--space", str(space), "--trials", "2", "--epochs", "1", "--subset", "48", "--test-size", "12",
                "--data", str(archive), "--out", str(tmp_path / "out")]  # fmt: skip
-    return subprocess.run(command, env=_ray_env(home, CNNLAB_CACHE=str(tmp_path / "cache"), **env),
+    return subprocess.run(command, env=ray_env(home, CNNLAB_CACHE=str(tmp_path / "cache"), **env),
                           capture_output=True, text=True, timeout=240)  # fmt: skip
 
 
@@ -370,11 +318,11 @@ def test_tune_joins_a_ray_cluster_started_with_ray_start(tmp_path, auth):
     """The issue's case: `ray start --head` turns token authentication on once a token exists (as after
     any local ray.init), and `cnnlab tune --address` must bring the token; off must work too."""
     pytest.importorskip("ray.tune", reason="Ray Tune is the optional extra cnnlab[ray]")
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     (home / ".ray").mkdir(parents=True)
     if auth == "token":
         (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))  # where `ray start` keeps its token
-    with _ray_head(home, port, **({"RAY_AUTH_MODE": "disabled"} if auth == "disabled" else {})) as head_log:
+    with ray_head(home, port, **({"RAY_AUTH_MODE": "disabled"} if auth == "disabled" else {})) as head_log:
         assert ("Token authentication is enabled" in head_log) == (auth == "token")
         if auth == "token":
             refused = _tune_on(
@@ -392,7 +340,7 @@ def test_tune_joins_a_ray_cluster_started_with_ray_start(tmp_path, auth):
 def test_an_unreachable_ray_cluster_is_one_line(tmp_path, capsys, tiny_data, monkeypatch):
     pytest.importorskip("ray.tune", reason="Ray Tune is the optional extra cnnlab[ray]")
     monkeypatch.setattr("cnnlab.data.split.load_lab_data", lambda *args, **kwargs: tiny_data)
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     assert main(["tune", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"cnnlab tune: error: no Ray cluster answers at 127.0.0.1:{port}") and "\n" not in error
