@@ -44,20 +44,18 @@ def worker(steps: int, batch: int, threads: int, result: Path) -> None:
 
     if init_from_env("cpu", threads) is None:
         configure_threads(threads)
-    try:
-        rng = np.random.default_rng(0)
-        x = rng.integers(0, 256, (steps * batch, 32, 32, 3), dtype=np.uint8)
-        y = rng.integers(0, 10, steps * batch)
-        model = build_cnn(n_conv_layers=2, n_filters=16, device="cpu")
-        model.fit(x[: 4 * batch], y[: 4 * batch], batch_size=batch, epochs=1, verbose=0)  # warm-up
-        barrier(current_shard())
-        started = time.perf_counter()
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
-        seconds = time.perf_counter() - started
-        if current_shard().rank == 0:
-            result.write_text(json.dumps({"seconds": seconds, "images": len(x)}))
-    finally:
-        leave()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (steps * batch, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, steps * batch)
+    model = build_cnn(n_conv_layers=2, n_filters=16, device="cpu")
+    model.fit(x[: 4 * batch], y[: 4 * batch], batch_size=batch, epochs=1, verbose=0)  # warm-up
+    barrier(current_shard())
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    seconds = time.perf_counter() - started
+    if current_shard().rank == 0:
+        result.write_text(json.dumps({"seconds": seconds, "images": len(x)}))
+    leave()
 
 
 def measure(processes: int, threads: int, steps: int, batch: int) -> float:

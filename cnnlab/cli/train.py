@@ -157,10 +157,13 @@ def run(args: argparse.Namespace, callbacks=()) -> int:
         raise ConfigError("--address, --use-gpu, --max-failures and --ray-token-file go with --workers N (Ray Train)")
     device = init_from_env(args.device, args.threads)  # None unless torchrun started several processes
     if device is not None:
+        finished = False
         try:
-            return _run_as_rank(argparse.Namespace(**{**vars(args), "device": device}), settings, callbacks)
+            code = _run_as_rank(argparse.Namespace(**{**vars(args), "device": device}), settings, callbacks)
+            finished = True
+            return code
         finally:
-            leave()
+            leave(finished)
     out = _run_folder(args)
     with folder_lock(out, what="run folder"):
         _guard_existing_run(out, args)

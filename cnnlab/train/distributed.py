@@ -126,9 +126,14 @@ def init_from_env(device: str = "auto", threads: int | None = None) -> str | Non
     return str(chosen)
 
 
-def leave() -> None:
-    """Leave the process group ``init_from_env`` joined (at the end of a command, on every rank)."""
+def leave(finished: bool = True) -> None:
+    """Leave the process group ``init_from_env`` joined (at the end of a command, on every rank). After a clean
+    finish every rank first waits for the others: a rank that closed its connections while another still used
+    them (rank 0 testing and reporting) made gloo abort that process ("terminate called without an active
+    exception"). After an error nobody waits, since the others may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
