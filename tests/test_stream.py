@@ -199,3 +199,19 @@ def test_cnnlab_train_recipe_streamed_equals_in_memory_and_resnet50_is_refused(t
     code = main(["train", "--data", str(root), "--stream", "--model", "resnet50", "--out", str(tmp_path / "r50")])
     refusal = "streamed data: --model resnet50 is not supported yet; use --model cnn or --recipe"
     assert code == 2 and refusal in capsys.readouterr().err
+
+
+def test_streamed_photos_default_to_the_recipe_even_with_resnet50_weights(monkeypatch):
+    """The default model for large images is ResNet50 when its weights are at hand, but it takes no streamed data
+    yet: a streamed set gets the recipe, and the reason says so (rather than a refusal of a choice never made)."""
+    import argparse
+    import types
+
+    from cnnlab.cli._models import pick_model
+
+    monkeypatch.setattr("cnnlab.models.resnet50_classifier.weights_available", lambda path=None: True)
+    args = argparse.Namespace(model=None, recipe=None, weights=None)
+    photos = types.SimpleNamespace(input_shape=(64, 64, 3), source={"kind": "folder"})
+    assert pick_model(args, photos)[0] == "resnet50"
+    kind, why = pick_model(args, types.SimpleNamespace(**vars(photos), streamed=True))
+    assert kind == "recipe" and "streamed from disk, which ResNet50 does not take yet" in why

@@ -58,6 +58,9 @@ def pick_model(args: argparse.Namespace, data, cnn_flags: Sequence[str] = ()) ->
     from cnnlab.models.resnet50_classifier import weights_available
     from cnnlab.models.resnet50_weights import WEIGHTS_ENV
 
+    if getattr(data, "streamed", False):
+        why = f"images of {height}x{width} px streamed from disk, which ResNet50 does not take yet"
+        return "recipe", f"{why}: the from-scratch recipe {DEFAULT_RECIPE}"
     if weights_available(args.weights):
         where = args.weights or f"${WEIGHTS_ENV}"
         return "resnet50", (
