@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from cnnlab.core.errors import DataError
 from cnnlab.models.recipe_net import RecipeEnsemble
 from cnnlab.train.feed import is_feed
-from cnnlab.train.inputs import device_images, nchw, scale_batch
+from cnnlab.train.inputs import as_tensor, device_images, nchw, scale_batch
 from cnnlab.train.model import Model
 
 
@@ -64,7 +64,7 @@ def evaluate_tta(model: Model, x, y=None, level: int = 2) -> dict[str, float]:
     """Loss (plain cross-entropy of the averaged logits) and accuracy with test-time augmentation, on arrays
     or a feed (``y`` None: the feed brings its labels)."""
     logits, labels = tta_outputs(model, x, y, level)
-    labels = torch.as_tensor(labels).long().to(logits.device)
+    labels = as_tensor(labels).reshape(-1).long().to(logits.device)  # as_tensor copies a read-only (cached) array
     if len(labels) != len(logits):
         raise DataError(f"{len(logits)} images but {len(labels)} labels")
     return {
