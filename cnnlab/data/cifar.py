@@ -207,6 +207,15 @@ def accuracy_caveat(source: dict | None) -> str:
     return f" (a copy of {name} that is not the official archive: accuracy may differ)" if copy else ""
 
 
+def split_summary(counts: str, input_shape, num_classes: int, source: dict) -> str:
+    """The one line a training command prints about its data: the split's ``counts``, the classes, the image
+    size and the source, with the accuracy caveat (arrays in memory and streamed splits alike)."""
+    height, width, channels = input_shape
+    return f"{counts}; {num_classes} classes, {height}x{width}x{channels}; source {source.get('source')}" + (
+        accuracy_caveat(source)
+    )
+
+
 def source_description(source: str | os.PathLike | None = None) -> dict:
     """What data a load used: the path and whether it is the official archive (for reports)."""
     source = source or os.environ.get(SOURCE_ENV)

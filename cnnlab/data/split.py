@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from cnnlab.core.errors import DataError
 from cnnlab.data.arrays import scale_images, stratified_split
-from cnnlab.data.cifar import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES, accuracy_caveat
+from cnnlab.data.cifar import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES, split_summary
 
 HELD_OUT_TEST = 0.2  # share of a data set without a test split that becomes its test set
 
@@ -51,12 +51,8 @@ class LabData:
         return len(self.class_names)
 
     def summary(self) -> str:
-        height, width, channels = self.input_shape
-        return (
-            f"train {self.x_train.shape}, validation {self.x_val.shape}, test {self.x_test.shape}; "
-            f"{self.num_classes} classes, {height}x{width}x{channels}; source {self.source.get('source')}"
-            + accuracy_caveat(self.source)
-        )
+        counts = f"train {self.x_train.shape}, validation {self.x_val.shape}, test {self.x_test.shape}"
+        return split_summary(counts, self.input_shape, self.num_classes, self.source)
 
 
 def load_lab_data(

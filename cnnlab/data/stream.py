@@ -22,7 +22,7 @@ from cnnlab.core.errors import DataError
 from cnnlab.core.runtime import available_cores
 from cnnlab.data.arrays import stratified_split
 from cnnlab.data.batches import batch_windows
-from cnnlab.data.cifar import accuracy_caveat
+from cnnlab.data.cifar import split_summary
 from cnnlab.data.dataset import MEMORY_ENV, memory_need
 from cnnlab.data.folders import FolderListing, load_folder, scan_folder, warn_decoded
 from cnnlab.data.images import decode_batch
@@ -216,9 +216,6 @@ class StreamedLabData:
         return len(self.class_names)
 
     def summary(self) -> str:
-        height, width, channels = self.input_shape
-        return (
-            f"train {self.train.samples}, validation {self.validation.samples}, test {self.test.samples} images, "
-            f"streamed from disk; {self.num_classes} classes, {height}x{width}x{channels}; source "
-            f"{self.source.get('source')}" + accuracy_caveat(self.source)
-        )
+        counts = (f"train {self.train.samples}, validation {self.validation.samples}, test {self.test.samples} "
+                  "images, streamed from disk")  # fmt: skip
+        return split_summary(counts, self.input_shape, self.num_classes, self.source)
