@@ -92,7 +92,7 @@ def open_method(method: str, folder: Path, shards: Path):
         return TensorFeed(torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)), data
     if method == "stream":
         return load_dataset(folder, image_size=SIZE, stream=True).train, None
-    return load_shards(shards, workers=2).train, None
+    return load_shards(shards, num_workers=2).train, None
 
 
 def epoch_batches(feed):

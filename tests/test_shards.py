@@ -273,3 +273,21 @@ def test_arrays_are_packed_as_they_are(tmp_path):
             position = int(number)
             assert np.array_equal(np.load(io.BytesIO(sample["npy"])), arrays[f"x_{split}"][position])
             assert int(sample["cls"]) == arrays[f"y_{split}"][position]
+
+
+@pytest.mark.parametrize("source", ["shards", "streamed folder"])
+def test_data_workers_sets_the_reading_processes_of_both_kinds_of_stream(folder, packed, source, capsys):
+    """`--data-workers N` reaches the feeds that training reads from, whichever kind of stream the data is; a value
+    that is not a count is refused by the parser in one line."""
+    from cnnlab.cli import build_parser
+    from cnnlab.cli._data import dataset_from_args, lab_data_from_args
+
+    spec = [str(packed)] if source == "shards" else [str(folder), "--stream"]
+    args = build_parser().parse_args(["train", "--data", *spec, "--data-workers", "3"])
+    assert dataset_from_args(args).num_workers == 3
+    split = lab_data_from_args(args, n_train_val=40, n_test=10, val_fraction=0.25, seed=0)
+    workers = split.train.workers if source == "shards" else split.train.decoding.num_workers
+    assert workers == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", str(packed), "--data-workers", "many"])
+    assert "'many' is not a number of processes" in capsys.readouterr().err

@@ -35,6 +35,12 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes; give 0 or more, e.g. 4")
+    return int(text)
+
+
 def _names(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
     if not all(names):
@@ -84,13 +90,16 @@ def add_data_options(parser: argparse.ArgumentParser, stream: bool = False) -> N
         group.add_argument("--stream", action="store_true", default=None, help="image folders: decode the images "
                            "batch by batch while training instead of holding them in memory (default: only when "
                            "they would pass the memory limit, $CNNLAB_MEMORY_LIMIT)")  # fmt: skip
+        group.add_argument("--data-workers", type=_count, metavar="N", help="streamed folders and shard sets: "
+                           "processes that decode or read the images while training (default: up to 4 for a "
+                           "folder, 2 for shards; 0 reads in the training process)")  # fmt: skip
 
 
 def dataset_from_args(args: argparse.Namespace):
     """The ImageDataset the data options name (a StreamedDataset for a folder streamed, where --stream exists)."""
     from cnnlab.data.load import load_dataset
 
-    return load_dataset(
+    data = load_dataset(
         args.data,
         image_size=args.image_size,
         color_mode=args.color_mode,
@@ -102,6 +111,10 @@ def dataset_from_args(args: argparse.Namespace):
         strict=args.strict,
         stream=getattr(args, "stream", False),
     )
+    workers = getattr(args, "data_workers", None)
+    if workers is not None and getattr(data, "streamed", False):  # before any split's feed is made
+        data.num_workers = workers
+    return data
 
 
 def lab_data_from_args(args: argparse.Namespace, **overrides):

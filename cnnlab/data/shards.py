@@ -62,7 +62,7 @@ class ShardDataset:
 
     path: Path
     index: dict
-    workers: int = DEFAULT_WORKERS
+    num_workers: int = DEFAULT_WORKERS  # as StreamedDataset names it, so one setting serves both
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     validation_split: float | None = None
     class_names: tuple[str, ...] = field(init=False)
@@ -80,12 +80,21 @@ class ShardDataset:
             "note": None,
             "split_checksums": {split: _digest(self.index, split) for split in SPLITS if self.count(split)},
         }
-        cut = self.count("train") - self.held_out
-        if self.held_out and cut < 1:
+        if self.held_out and self.count("train") - self.held_out < 1:
             raise DataError(f"{self.path}: validation_split {self.validation_split} leaves no training samples")
-        self.train = self.feed("train", 0, cut)
-        self.validation = self.feed("train", cut) if self.held_out else None
-        self.test = self.feed("test") if self.count("test") else None
+
+    # The splits are made when asked for, so a num_workers set after loading (--data-workers) reaches them.
+    @property
+    def train(self):
+        return self.feed("train", 0, self.count("train") - self.held_out)
+
+    @property
+    def validation(self):
+        return self.feed("train", self.count("train") - self.held_out) if self.held_out else None
+
+    @property
+    def test(self):
+        return self.feed("test") if self.count("test") else None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -123,7 +132,7 @@ class ShardDataset:
             raise DataError(
                 f"{self.path}: no {split} samples in {start}..{stop}; the {split} split holds {self.count(split)}"
             )
-        return ShardFeed(pieces, np.concatenate(labels), self.image_shape, self.workers, self.shuffle_buffer)
+        return ShardFeed(pieces, np.concatenate(labels), self.image_shape, self.num_workers, self.shuffle_buffer)
 
     def __getattr__(self, name: str):
         if name in ARRAY_ATTRIBUTES:  # code written for ImageDataset: say what to do instead of AttributeError
@@ -149,16 +158,16 @@ def load_shards(
     folder: str | os.PathLike,
     *,
     validation_split: float | None = None,
-    workers: int = DEFAULT_WORKERS,
+    num_workers: int = DEFAULT_WORKERS,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
 ) -> ShardDataset:
     """Open the packed shard set in ``folder`` (see ``cnnlab.data.pack``). ``validation_split`` holds out that
     share of the training split (its last part in pack order, a random sample) as ``.validation``;
-    ``workers`` DataLoader processes read and decode the shards; ``shuffle_buffer`` samples per worker are
+    ``num_workers`` DataLoader processes read and decode the shards; ``shuffle_buffer`` samples per worker are
     mixed while training. Checksums are checked when a shard is first read."""
     folder = Path(folder).expanduser()
     if validation_split is not None and not 0 < validation_split < 1:
         raise ConfigError(f"validation_split must lie between 0 and 1 (e.g. 0.2), got {validation_split}")
-    if workers < 0 or shuffle_buffer < 1:
-        raise ConfigError(f"need workers >= 0 and shuffle_buffer >= 1, got {workers} and {shuffle_buffer}")
-    return ShardDataset(folder, read_index(folder), workers, shuffle_buffer, validation_split)
+    if num_workers < 0 or shuffle_buffer < 1:
+        raise ConfigError(f"need num_workers >= 0 and shuffle_buffer >= 1, got {num_workers} and {shuffle_buffer}")
+    return ShardDataset(folder, read_index(folder), num_workers, shuffle_buffer, validation_split)
