@@ -1,4 +1,4 @@
-"""One helper for each shared file job: the cache folder, atomic writes, JSON, text and CSV files.
+"""One helper for each shared file job: the cache folder, atomic writes, JSON, text and CSV files, checksums.
 
 Everything cnnlab writes goes through ``atomic_write``: a temp file in the target's folder, then a
 rename, so a reader (or a killed run) never sees half a file.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,21 @@ CACHE_ENV = "CNNLAB_CACHE"
 def cache_dir() -> Path:
     """Where cnnlab keeps decoded data, downloads and converted weights: $CNNLAB_CACHE, else the user cache."""
     return Path(os.environ.get(CACHE_ENV) or user_cache_dir("cnnlab"))
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, remembered per path, size and modification time: a file checked before each use
+    (weights, shards) is read once per version."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256:
+        with path.open("rb") as stream:
+            _SHA256[key] = hashlib.file_digest(stream, "sha256").hexdigest()
+    return _SHA256[key]
 
 
 def _current_umask() -> int:

@@ -18,7 +18,6 @@ A shard feed is a streamed split as ``cnnlab.data.stream`` defines one (``stream
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -34,6 +33,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.core.files import file_sha256
 from cnnlab.data.batches import batch_windows
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -49,29 +49,20 @@ class Piece:
     positions: Sequence[int]
 
 
-_VERIFIED: set[tuple] = set()  # (path, size, mtime, sha256) of the shard files this process has checked
-
-
 def verify(pieces: Iterable[Piece]) -> None:
-    """Before this process first reads a shard, compare its sha256 with the index's (once per file version:
+    """Before this process reads a shard, compare its sha256 with the index's (computed once per file version:
     path, size and mtime), so a damaged or swapped shard stops the run with one line instead of bad batches."""
     for path, expected in {piece.path: piece.sha256 for piece in pieces}.items():
         folder, name = os.path.split(path)
         try:
-            stat = os.stat(path)
+            actual = file_sha256(path)
         except FileNotFoundError:
             raise DataError(f"shard {name} is missing from {folder}: re-pack with cnnlab pack --overwrite") from None
-        key = (path, stat.st_size, stat.st_mtime_ns, expected)
-        if key in _VERIFIED:
-            continue
-        with open(path, "rb") as stream:
-            actual = hashlib.file_digest(stream, "sha256").hexdigest()
         if actual != expected:
             raise DataError(
                 f"shard {name} fails its checksum (index says {expected[:12]}…, file has {actual[:12]}…): "
                 f"re-pack {folder} with cnnlab pack --overwrite"
             )
-        _VERIFIED.add(key)
 
 
 class ShardFeed:

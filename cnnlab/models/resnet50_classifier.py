@@ -9,7 +9,6 @@ takes every weight from the model file, so a saved fine-tune needs no ImageNet f
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnnlab.core.errors import ConfigError, DataError
+from cnnlab.core.files import file_sha256
 from cnnlab.models.registry import ModelConfig, register_model
 from cnnlab.models.resnet50 import CAFFE_MEAN_BGR, ResNet50
 from cnnlab.models.resnet50_weights import NPM_PACKAGE, load_resnet50, resolve_weights_path
@@ -217,21 +217,9 @@ class ResNet50Model(Model):
         self.optimizer = self._make_optimizer()
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a weights file (a folder: of its model.json), remembered per path, size and time."""
-    target = path / "model.json" if path.is_dir() else path
-    stat = target.stat()
-    key = (str(target.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with target.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
+def weights_sha256(path: Path) -> str:
+    """sha256 of a weights file (a folder: of its model.json)."""
+    return file_sha256(path / "model.json" if path.is_dir() else path)
 
 
 def imagenet_backbone(config: ResNet50Config) -> tuple[ResNet50, str, str]:
@@ -241,7 +229,7 @@ def imagenet_backbone(config: ResNet50Config) -> tuple[ResNet50, str, str]:
     weights are accepted when their checksum is given, so nobody fine-tunes unknown weights by mistake.
     """
     path = resolve_weights_path(config.weights)
-    sha = file_sha256(path)
+    sha = weights_sha256(path)
     expected = config.weights_sha256
     if expected is None and sha not in KNOWN_WEIGHTS:
         raise DataError(
