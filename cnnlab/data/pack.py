@@ -20,7 +20,6 @@ index, written last and atomically, is what makes the folder a shard set. A reru
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -32,8 +31,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cnnlab.core.errors import ConfigError, DataError
-from cnnlab.core.files import write_json, write_text
+from cnnlab.core.files import file_sha256, write_json, write_text
 from cnnlab.core.locks import folder_lock
+from cnnlab.data.arrays import class_counts
 from cnnlab.data.cifar import cifar_kind
 from cnnlab.data.folders import warn_decoded
 from cnnlab.data.images import load_images
@@ -213,8 +213,7 @@ class _ShardWriter:
             return
         self._tar.close()
         partial = Path(str(self._path) + PARTIAL)
-        with open(partial, "rb") as stream:
-            digest = hashlib.file_digest(stream, "sha256").hexdigest()
+        digest = file_sha256(partial)
         self.records.append(
             {
                 "name": self._path.name,
@@ -235,12 +234,12 @@ def _index(source, records: list[dict], seed: int, shard_size_mb: float) -> dict
     for split in SPLITS:
         labels = [int(label) for record in records if record["split"] == split for label in record["labels"].split()]
         if labels:
-            per_class = np.bincount(labels, minlength=len(source.class_names))
+            per_class = class_counts(np.array(labels), len(source.class_names))
             counts[split] = {
                 "samples": len(labels),
                 "shards": sum(record["split"] == split for record in records),
                 "bytes": sum(record["bytes"] for record in records if record["split"] == split),
-                "per_class": dict(zip(source.class_names, map(int, per_class), strict=True)),
+                "per_class": dict(zip(source.class_names, per_class, strict=True)),
             }
     return {
         "format": INDEX_FORMAT,
