@@ -171,20 +171,12 @@ def evaluate_model(model: Model, images, labels=None) -> Evaluation:
     """One prediction pass over uint8 images, or over a feed (a streamed split, which brings its labels: a file
     unreadable while streaming drops out of both), serves every figure of merit."""
     if is_feed(images):
-        probabilities, labels = _feed_predictions(model, images)
+        probabilities, labels = model.predict_feed(images)
     else:
         probabilities = model.predict(images) if len(images) else ()
     if len(probabilities) == 0:
         raise DataError("no images to evaluate on; pass a data set with a test split")
     return Evaluation.from_probabilities(probabilities, labels, model.class_names)
-
-
-def _feed_predictions(model: Model, feed) -> tuple[np.ndarray, np.ndarray]:
-    probabilities, labels = [], []
-    for batch, batch_labels in feed.batches(512):
-        probabilities.append(model.predict(batch))
-        labels.append(batch_labels.numpy())
-    return (np.concatenate(probabilities), np.concatenate(labels)) if labels else ((), ())
 
 
 def evaluate_on(model: Model, spec: str | os.PathLike | None) -> tuple[Evaluation, np.ndarray]:

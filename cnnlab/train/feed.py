@@ -9,7 +9,7 @@ checkpointed generator, so a resumed run sees the batches an uninterrupted one s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -37,13 +37,15 @@ ALONE = Shard()
 
 @runtime_checkable
 class Feed(Protocol):
-    """A data source fit can train on. ``samples`` images per epoch (all ranks together). ``batches`` yields
+    """A data source fit can train on. ``samples`` images per epoch (all ranks together), ``labels`` theirs in
+    the order of a plain pass (what "balanced" class weights count). ``batches`` yields
     (uint8 or float NHWC images, int64 labels) tensors, on any device (fit moves them), one per global step:
     in ``order`` when it is given, else in the feed's own order (``shuffles_itself`` feeds shuffle with
     ``seed`` and ``epoch``); only this ``shard``'s share of each global batch. ``train`` says a training epoch
     (fit's) from one plain pass (evaluate, predict): a feed that shuffles itself shuffles only the former."""
 
     samples: int
+    labels: Sequence[int]
     shuffles_itself: bool
 
     def batches(

@@ -234,7 +234,7 @@ class Model:
             each = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing, reduction="none")
             loss = (each * class_weights[labels]).mean()
         if self.l2:
-            loss = loss + self.l2 * sum(w.pow(2).sum() for w in self._kernels)
+            loss = loss + self._l2_penalty()
         return loss
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor):
@@ -275,15 +275,15 @@ class Model:
             each = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="sum")
             totals += torch.stack([each.double(), (logits.argmax(1) == labels).sum().double(), labels.new_tensor(
                 len(labels), dtype=torch.float64)])  # fmt: skip
-        loss_sum, hits, count = self._sum_over_ranks(totals).tolist()
+        loss_sum, hits, count = sum_over_ranks(totals, self.shard).tolist()
         if not count:
             return {"loss": float("nan"), "accuracy": float("nan")}
-        penalty = self.l2 * sum(w.pow(2).sum() for w in self._kernels).item() if self.l2 else 0.0
+        penalty = self._l2_penalty().item() if self.l2 else 0.0
         return {"loss": loss_sum / count + penalty, "accuracy": hits / count}
 
-    def _sum_over_ranks(self, totals: torch.Tensor) -> torch.Tensor:
-        """Sums over the processes of a distributed run (one process: the totals as they are)."""
-        return sum_over_ranks(totals, self.shard)
+    def _l2_penalty(self) -> torch.Tensor:
+        """Keras' kernel_regularizer=l2(...): l2 times the squared kernels, added to the loss once per batch."""
+        return self.l2 * sum(w.pow(2).sum() for w in self._kernels)
 
     def _train_epoch(self, feed: Feed, batch_size: int, shuffle: bool, augment, callbacks: CallbackList, epoch: int):
         """One pass over the training feed; the loss and hit counts are summed on the device and read once at
@@ -306,7 +306,7 @@ class Model:
             logs["loss"], logs["correct"] = loss, hits
             callbacks.on_train_batch_end(step, logs)
         share_buffers(self.network, self.shard)
-        loss_sum, hits, count = self._sum_over_ranks(totals).tolist()
+        loss_sum, hits, count = sum_over_ranks(totals, self.shard).tolist()
         return {"loss": loss_sum / count, "accuracy": hits / count}
 
     def fit(
@@ -340,7 +340,7 @@ class Model:
         if batch_size < 1 or epochs < 0:
             raise ConfigError(f"need batch_size >= 1 and epochs >= 0, got {batch_size} and {epochs}")
         feed, val_feed = self._fit_data(x, y, validation_data, validation_split)
-        weights = resolve_class_weight(class_weight, _labels_of(feed), self.num_classes)
+        weights = resolve_class_weight(class_weight, feed.labels, self.num_classes)  # every feed knows its labels
         self._class_weights = None if weights is None else torch.tensor(weights, device=self.device).float()
         seed = int(getattr(self.config, "seed", None) or 0) if seed is None else seed
         torch.manual_seed(seed)
@@ -400,11 +400,18 @@ class Model:
     def predict(self, x, batch_size: int = 512) -> np.ndarray:
         """Class probabilities (softmax of the logits), shape (N, num_classes), of arrays or a feed (in its order)."""
         if is_feed(x):
-            with torch.no_grad():
-                self.network.eval()
-                chunks = [torch.softmax(self._batch_logits(images), 1).cpu() for images, _ in x.batches(batch_size)]
-            return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.num_classes), np.float32)
+            return self.predict_feed(x, batch_size)[0]
         return torch.softmax(self._logits(self._images(x), batch_size), 1).cpu().numpy()
+
+    @torch.no_grad()
+    def predict_feed(self, feed: Feed, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, labels) of a feed's images, in its order: the labels of the images that decoded (a
+        file unreadable while streaming drops out of both)."""
+        self.network.eval()
+        outputs = [(torch.softmax(self._batch_logits(x), 1).cpu(), y) for x, y in feed.batches(batch_size)]
+        if not outputs:
+            return np.zeros((0, self.num_classes), np.float32), np.zeros(0, np.int64)
+        return torch.cat([p for p, _ in outputs]).numpy(), torch.cat([y for _, y in outputs]).numpy()
 
     def summary(self, print_fn: Callable[[str], None] | None = print) -> str:
         text = format_summary(self.network, self.input_shape, title=getattr(self.config, "kind", "model"))
@@ -487,9 +494,3 @@ class Model:
 
 def _rounded(weights: list[float] | None) -> str:
     return "none" if weights is None else "[" + ", ".join(f"{w:.3g}" for w in weights) + "]"
-
-
-def _labels_of(feed: Feed) -> torch.Tensor | None:
-    """The training labels that "balanced" class weights count: a feed's ``labels`` when it knows them."""
-    labels = getattr(feed, "labels", None)
-    return None if labels is None else torch.as_tensor(labels)
