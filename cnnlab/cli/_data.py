@@ -134,8 +134,8 @@ def split_pairs(data) -> tuple[tuple, tuple, tuple]:
 
 
 def first_training_images(data, count: int):
-    """(images, labels) of the first ``count`` training images as uint8 arrays: a streamed split decodes just
-    those (for sample figures and TensorBoard's sample images)."""
-    if getattr(data, "streamed", False):
-        return data.train.load(range(min(count, data.train.samples)))
-    return data.x_train[:count], data.y_train[:count]
+    """(images, labels) of the lab split's first ``count`` training images as uint8 arrays (a streamed split
+    decodes just those): for sample figures and TensorBoard's sample images."""
+    from cnnlab.data.stream import first_images
+
+    return first_images(*split_pairs(data)[0], count)

@@ -31,6 +31,14 @@ MAX_WORKERS = 4  # default decoding processes per pass (fewer on a machine with 
 _SAMPLE_BATCH = 256  # files per batch when a few images are decoded outside training (whitening, figures)
 
 
+def first_images(x, y, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first ``count`` images and labels of arrays (``y`` may be None), or decoded from a streamed split
+    (a feed with ``load``, which brings its labels): for sample figures and the recipe's whitening."""
+    if getattr(x, "streamed", False):
+        return x.load(np.arange(min(count, x.samples)))
+    return np.asarray(x[:count]), None if y is None else np.asarray(y[:count])
+
+
 def open_folder(root: Path, settings: dict, strict: bool, progress: bool, stream: bool | None):
     """A folder as arrays in memory, or streamed: when ``stream`` is True, or None and the arrays would not
     fit the memory limit (one warning says so)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from cnnlab.core.errors import ConfigError
 from cnnlab.data.crop_flip import CropFlip
+from cnnlab.data.stream import first_images
 from cnnlab.evaluate.tta import evaluate_tta
 from cnnlab.models.cnn import RECIPE_LAB_MODEL, CNNConfig
 from cnnlab.models.recipe_net import RecipeNetConfig, check_widths
@@ -142,20 +143,13 @@ def build_recipe_model(
     """The recipe's network, its whitening fitted to ``x_train`` (NHWC, or a streamed split), compiled as SGD +
     Nesterov."""
     settings = get_recipe(recipe)
-    sample = _first_images(x_train, 5000)
+    sample = first_images(x_train, None, 5000)[0]
     config = recipe_net_config(settings, np.shape(sample)[1:], num_classes, class_names, seed)
     model = create_model(config, device)
     model.network.init_whitening(scale_batch(nchw(device_images(sample, model.device))))
     if settings.compile:
         model.network.compile()  # in place: state_dict keys and checkpoints stay as without compiling
     return model
-
-
-def _first_images(x_train, count: int) -> np.ndarray:
-    """The first ``count`` training images: of an array, or decoded from a streamed split (the same images)."""
-    if getattr(x_train, "streamed", False):
-        return x_train.load(np.arange(min(count, x_train.samples)))[0]
-    return np.asarray(x_train)[:count]
 
 
 def build_lab_model(
@@ -214,7 +208,7 @@ def build_model(recipe: str | Recipe, x_train, seed: int = 0, device="auto", cla
     settings = get_recipe(recipe)
     if settings.network == "lab":
         config = RECIPE_LAB_MODEL.replace(class_names=tuple(class_names), num_classes=None) if class_names else None
-        return build_lab_model(settings, seed, device, np.shape(_first_images(x_train, 1))[1:], config)
+        return build_lab_model(settings, seed, device, np.shape(first_images(x_train, None, 1)[0])[1:], config)
     return build_recipe_model(settings, x_train, seed, device, class_names=class_names)
 
 
