@@ -67,10 +67,12 @@ class ShardDataset:
     validation_split: float | None = None
     class_names: tuple[str, ...] = field(init=False)
     origin: dict = field(init=False)
+    shard_labels: dict[str, np.ndarray] = field(init=False, repr=False)  # per shard, parsed from the index once
     streamed = True  # the splits are feeds: the lab split, cnnlab train and cnnlab evaluate stream them
 
     def __post_init__(self):
         self.class_names = tuple(self.index["class_names"])
+        self.shard_labels = {record["name"]: _labels(record) for record in self.index["shards"]}
         self.origin = {
             "kind": "shards",
             "path": str(self.path),
@@ -126,7 +128,7 @@ class ShardDataset:
             first, last = max(start - offset, 0), min(stop - offset, record["samples"])
             if first < last:
                 pieces.append(Piece(str(self.path / record["name"]), record["sha256"], range(first, last)))
-                labels.append(_labels(record)[first:last])
+                labels.append(self.shard_labels[record["name"]][first:last])
             offset += record["samples"]
         if not pieces:
             raise DataError(
